@@ -1,0 +1,73 @@
+"""The `supportbench` command: one subcommand per stage, each reading and writing a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.io import SupportBenchError
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    """Prepare the train/validation/test split with a manifest."""
+    from harness.data import DataConfig, prepare, resolve_source, summary_lines
+
+    config = DataConfig(
+        source=resolve_source(args.data), seed=args.seed, mode=args.mode, test_size=args.test_size,
+        validation_size=args.validation_size, sample_size=args.sample_size, placeholders=args.placeholders,
+    )
+    manifest = prepare(config, Path(args.out), force=args.force)
+    print("\n".join(summary_lines(manifest, Path(args.out))))
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    """List registry models and whether each loads offline."""
+    from harness.models import availability, cache_root, load_registry, resolve
+
+    print(f"{'alias':<22} {'template':<8} {'availability':<34} description")
+    for alias in load_registry():
+        spec = resolve(alias)
+        print(f"{alias:<22} {spec.template:<8} {availability(spec):<34} {spec.entry.get('description', '')}")
+    print(f"\ncache: {cache_root()}   (any hub id or local folder also works as --model)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="supportbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="clean, validate and split the support data",
+                       description="Load a hub dataset or local CSV/JSONL/Parquet, fill placeholders, and write a "
+                                   "leak-free stratified train/validation/test split plus manifest.json.")
+    p.add_argument("--data", help="hub dataset id or local file (default: $SUPPORTBENCH_DATA, else the Bitext hub id)")
+    p.add_argument("--out", required=True, help="folder to write the splits and manifest into")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--mode", choices=["heldout", "notebook"], default="heldout",
+                   help="heldout: fixed-size held-out test set (default); notebook: sample N then 90/10")
+    p.add_argument("--test-size", type=int, default=500)
+    p.add_argument("--validation-size", type=int, default=100)
+    p.add_argument("--sample-size", type=int, default=5000, help="rows sampled in notebook mode")
+    p.add_argument("--placeholders", help="YAML map of {{placeholder}} values merged over the defaults")
+    p.add_argument("--force", action="store_true", help="replace a folder that holds a different split")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("models", help="list registry models and their offline availability",
+                       description="List the model registry (bundled plus $SUPPORTBENCH_REGISTRY) and what loads offline.")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a subcommand and turn user errors into a message and exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SupportBenchError as err:
+        print(f"supportbench {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

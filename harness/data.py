@@ -1,0 +1,389 @@
+"""Data preparation: load, validate, clean placeholders, split without leakage, write with a manifest."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.io import SupportBenchError, hub_reachable, read_json, sha256_file, staged_dir, write_json, write_jsonl
+
+DEFAULT_DATASET = "bitext/Bitext-customer-support-llm-chatbot-training-dataset"
+DATA_ENV = "SUPPORTBENCH_DATA"
+REQUIRED_COLUMNS = ("instruction", "response")
+OPTIONAL_COLUMNS = ("category", "intent", "flags", "tags")
+SPLITS = ("train", "validation", "test")
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+
+
+@dataclass
+class DataConfig:
+    """Everything that decides the prepared split; the same config and input give the same bytes."""
+
+    source: str = DEFAULT_DATASET
+    seed: int = 42
+    mode: str = "heldout"  # "heldout": fixed-size test set; "notebook": sample N then 90/10
+    test_size: int = 500
+    validation_size: int = 100
+    sample_size: int = 5000  # notebook mode only
+    placeholders: str | None = None  # YAML merged over the bundled defaults
+
+    def validate(self) -> None:
+        """Reject impossible settings before any work starts."""
+        if self.mode not in ("heldout", "notebook"):
+            raise SupportBenchError(f"data mode must be 'heldout' or 'notebook', not {self.mode!r}")
+        for name in ("test_size", "validation_size", "sample_size"):
+            if getattr(self, name) < 0:
+                raise SupportBenchError(f"data {name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class LoadReport:
+    """What happened to every input row: kept, or skipped with a reason."""
+
+    rows_in: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def skip(self, row_number: int, reason: str) -> None:
+        """Record one skipped row (1-based record number, header not counted)."""
+        self.skipped.append({"row": row_number, "reason": reason})
+
+
+def resolve_source(explicit: str | None) -> str:
+    """Pick the data source: an explicit path or id, else $SUPPORTBENCH_DATA, else the hub default."""
+    return explicit or os.environ.get(DATA_ENV) or DEFAULT_DATASET
+
+
+def normalize_instruction(text: str) -> str:
+    """Canonical form used for duplicate and cross-split overlap checks."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(text.split())
+
+
+def instruction_hash(text: str) -> str:
+    """Short stable hash of a normalized instruction, stored in manifests for leakage checks."""
+    return hashlib.sha256(normalize_instruction(text).encode("utf-8")).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_csv(path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise SupportBenchError(f"{path} is empty: no header row")
+    header = [h.strip().lstrip("\ufeff") for h in header]
+    rows = []
+    for number, values in enumerate(reader, start=1):
+        report.rows_in += 1
+        if len(values) != len(header):
+            report.skip(number, f"malformed row: expected {len(header)} fields, got {len(values)}")
+            continue
+        rows.append((number, dict(zip(header, values))))
+    return header, rows
+
+
+def _read_jsonl(path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    header: dict[str, None] = {}
+    rows = []
+    lines = path.read_bytes().decode("utf-8", errors="surrogateescape").splitlines()
+    for number, line in enumerate((ln for ln in lines if ln.strip()), start=1):
+        report.rows_in += 1
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            report.skip(number, f"malformed JSON: {err.msg}")
+            continue
+        if not isinstance(row, dict):
+            report.skip(number, "malformed row: not a JSON object")
+            continue
+        header.update(dict.fromkeys(row))
+        rows.append((number, row))
+    return list(header), rows
+
+
+def _read_table(records: list[dict[str, Any]], columns: list[str], report: LoadReport):
+    report.rows_in = len(records)
+    return columns, list(enumerate(records, start=1))
+
+
+def load_rows(source: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]], LoadReport, dict[str, Any]]:
+    """Read a local CSV/JSONL/Parquet file or a hub dataset into numbered rows plus a load report."""
+    report = LoadReport()
+    path = Path(source).expanduser()
+    if path.suffix.lower() in (".csv", ".jsonl", ".json", ".parquet") or path.exists():
+        if not path.is_file():
+            raise SupportBenchError(f"data file not found: {path}")
+        suffix = path.suffix.lower()
+        info = {"kind": "file", "path": str(path), "sha256": sha256_file(path)}
+        if suffix == ".csv":
+            columns, rows = _read_csv(path, report)
+        elif suffix in (".jsonl", ".json"):
+            columns, rows = _read_jsonl(path, report)
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            columns, rows = _read_table(table.to_pylist(), table.column_names, report)
+        else:
+            raise SupportBenchError(f"unsupported data file type {suffix!r}: use .csv, .jsonl or .parquet")
+        return columns, rows, report, info
+    if not hub_reachable():
+        raise SupportBenchError(
+            f"cannot reach the Hugging Face hub to download {source!r}. Set {DATA_ENV}=/path/to/data.csv "
+            "(CSV, JSONL or Parquet with 'instruction' and 'response' columns) or pass --data PATH."
+        )
+    import datasets
+
+    dataset = datasets.load_dataset(source, split="train")
+    columns, rows = _read_table(dataset.to_list(), list(dataset.column_names), report)
+    return columns, rows, report, {"kind": "hub", "id": source, "fingerprint": dataset._fingerprint}
+
+
+# ---------------------------------------------------------------- cleaning
+
+
+def load_placeholder_map(extra: str | None = None) -> dict[str, str]:
+    """The bundled placeholder defaults, with a user's YAML map merged over them."""
+    mapping = yaml.safe_load(resources.files("harness").joinpath("placeholders.yaml").read_text(encoding="utf-8"))
+    if extra:
+        path = Path(extra)
+        if not path.is_file():
+            raise SupportBenchError(f"placeholder map not found: {path}")
+        user = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(user, dict) or not all(isinstance(v, (str, int, float)) for v in user.values()):
+            raise SupportBenchError(f"placeholder map {path} must be a flat YAML mapping of key: value")
+        mapping.update(user)
+    return {str(k).strip().casefold(): str(v) for k, v in mapping.items()}
+
+
+class PlaceholderFiller:
+    """Replaces {{…}} placeholders with realistic values and counts what was mapped or fell back."""
+
+    def __init__(self, mapping: dict[str, str]):
+        self.mapping = mapping
+        self.mapped = 0
+        self.fallback: Counter[str] = Counter()
+
+    def _replace(self, match: re.Match[str]) -> str:
+        key = match.group(1).strip()
+        value = self.mapping.get(key.casefold())
+        if value is not None:
+            self.mapped += 1
+            return value
+        self.fallback[key] += 1
+        readable = re.sub(r"\s+anonymized$", "", key, flags=re.I).strip()
+        return readable or "the relevant details"
+
+    def __call__(self, text: str) -> str:
+        """Return text with every placeholder replaced."""
+        return PLACEHOLDER.sub(self._replace, text)
+
+    def coverage(self) -> dict[str, Any]:
+        """Counts of mapped and fallen-back placeholder occurrences, with the top fallback keys."""
+        total = self.mapped + sum(self.fallback.values())
+        return {
+            "occurrences": total,
+            "mapped": self.mapped,
+            "fallback": sum(self.fallback.values()),
+            "mapped_share": round(self.mapped / total, 4) if total else 1.0,
+            "fallback_keys": len(self.fallback),
+            "top_fallback": [[k, n] for k, n in sorted(self.fallback.items(), key=lambda kv: (-kv[1], kv[0]))[:15]],
+        }
+
+
+def clean_rows(rows, report: LoadReport, filler: PlaceholderFiller) -> list[dict[str, Any]]:
+    """Validate fields, drop empty, badly encoded and duplicate rows (recorded), and fill placeholders."""
+    kept: list[dict[str, Any]] = []
+    first_seen: dict[tuple[str, str], int] = {}
+    for number, row in rows:
+        fields = {c: row.get(c) for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
+        texts = {c: "" if v is None else str(v) for c, v in fields.items()}
+        if any("\udc80" <= ch <= "\udcff" for v in texts.values() for ch in v):
+            report.skip(number, "bad encoding: not valid UTF-8")
+            continue
+        empty = [c for c in REQUIRED_COLUMNS if not texts[c].strip()]
+        if empty:
+            report.skip(number, f"empty field: {', '.join(empty)}")
+            continue
+        key = (normalize_instruction(texts["instruction"]), texts["response"].strip())
+        if key in first_seen:
+            report.skip(number, f"duplicate of row {first_seen[key]}")
+            continue
+        first_seen[key] = number
+        kept.append({
+            "id": f"row-{number}",
+            "source_row": number,
+            "instruction": filler(texts["instruction"].strip()),
+            "response": filler(texts["response"].strip()),
+            **{c: texts[c].strip() for c in OPTIONAL_COLUMNS},
+        })
+    return kept
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def _largest_remainder(weights: dict[str, int], total: int) -> dict[str, int]:
+    grand = sum(weights.values())
+    if grand == 0:
+        return {k: 0 for k in weights}
+    exact = {k: total * w / grand for k, w in weights.items()}
+    quota = {k: int(v) for k, v in exact.items()}
+    for k in sorted(weights, key=lambda k: (-(exact[k] - quota[k]), k))[: total - sum(quota.values())]:
+        quota[k] += 1
+    return quota
+
+
+def split_rows(rows: list[dict[str, Any]], config: DataConfig) -> dict[str, list[dict[str, Any]]]:
+    """Seeded split stratified by intent; rows sharing a normalized instruction stay in one split."""
+    rng = random.Random(config.seed)
+    if config.mode == "notebook":
+        rows = rng.sample(rows, min(config.sample_size, len(rows)))
+        test_total = round(0.1 * len(rows))
+        val_total = min(config.validation_size, (len(rows) - test_total) // 10)
+    else:
+        test_total, val_total = config.test_size, config.validation_size
+    if test_total + val_total >= len(rows):
+        raise SupportBenchError(
+            f"{len(rows)} usable rows cannot hold a test split of {test_total} and a validation split of {val_total}"
+        )
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[normalize_instruction(row["instruction"])].append(row)
+    by_intent: dict[str, list[str]] = defaultdict(list)
+    for key, members in groups.items():
+        by_intent[members[0]["intent"] or "(none)"].append(key)
+    sizes = {intent: sum(len(groups[k]) for k in keys) for intent, keys in by_intent.items()}
+    test_quota = _largest_remainder(sizes, test_total)
+    val_quota = _largest_remainder(sizes, val_total)
+    splits: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
+    for intent in sorted(by_intent):
+        keys = sorted(by_intent[intent])
+        rng.shuffle(keys)
+        filled = {"test": 0, "validation": 0}
+        for key in keys:
+            members = groups[key]
+            if filled["test"] < test_quota[intent]:
+                target = "test"
+            elif filled["validation"] < val_quota[intent]:
+                target = "validation"
+            else:
+                target = "train"
+            filled[target] = filled.get(target, 0) + len(members)
+            splits[target].extend(members)
+    for name in SPLITS:
+        splits[name].sort(key=lambda r: r["source_row"])
+    return splits
+
+
+def overlap_report(splits: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    """Count normalized instructions shared by each pair of splits (all zero for a clean split)."""
+    keys = {name: {normalize_instruction(r["instruction"]) for r in rows} for name, rows in splits.items()}
+    names = sorted(keys)
+    return {f"{a}&{b}": len(keys[a] & keys[b]) for i, a in enumerate(names) for b in names[i + 1:]}
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str, Any]:
+    """Run the whole preparation and write the splits plus manifest.json into out_dir, atomically."""
+    config.validate()
+    columns, rows, report, source_info = load_rows(config.source)
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise SupportBenchError(
+            f"{config.source}: missing required column(s) {', '.join(repr(c) for c in missing)}; "
+            f"found columns {columns}"
+        )
+    filler = PlaceholderFiller(load_placeholder_map(config.placeholders))
+    kept = clean_rows(rows, report, filler)
+    splits = split_rows(kept, config)
+    overlap = overlap_report(splits)
+    if any(overlap.values()):
+        raise SupportBenchError(f"internal error: split overlap {overlap}")
+    reasons = Counter(re.sub(r" \d+$", " N", s["reason"]) for s in report.skipped)
+    manifest = {
+        "config": asdict(config),
+        "source": source_info,
+        "columns": {"found": columns, "used_optional": [c for c in OPTIONAL_COLUMNS if c in columns]},
+        "counts": {
+            "rows_in": report.rows_in,
+            "kept": len(kept),
+            "skipped": len(report.skipped),
+            "skipped_by_reason": dict(sorted(reasons.items())),
+            "unused_after_sampling": len(kept) - sum(len(v) for v in splits.values()),
+        },
+        "skipped_rows": report.skipped,
+        "placeholders": filler.coverage(),
+        "overlap": {"normalized_instruction_pairs": overlap, "clean": True},
+        "splits": {
+            name: {
+                "rows": len(rows_),
+                "file": f"{name}.jsonl",
+                "by_category": dict(sorted(Counter(r["category"] or "(none)" for r in rows_).items())),
+                "intents": len({r["intent"] for r in rows_}),
+                "instruction_hashes": sorted({instruction_hash(r["instruction"]) for r in rows_}),
+            }
+            for name, rows_ in splits.items()
+        },
+    }
+    if manifest["counts"]["rows_in"] != manifest["counts"]["kept"] + manifest["counts"]["skipped"]:
+        raise SupportBenchError("internal error: rows in != kept + skipped")
+    out_dir = Path(out_dir)
+    with staged_dir(out_dir) as tmp:
+        for name, rows_ in splits.items():
+            write_jsonl(tmp / f"{name}.jsonl", rows_)
+            manifest["splits"][name]["sha256"] = sha256_file(tmp / f"{name}.jsonl")
+        write_json(tmp / "manifest.json", manifest)
+        if out_dir.exists() and any(out_dir.iterdir()) and not force:
+            old = out_dir / "manifest.json"
+            if not old.is_file() or read_json(old).get("splits") != manifest["splits"]:
+                raise SupportBenchError(
+                    f"{out_dir} already holds different data; pass --force to replace it or choose another --out"
+                )
+    return manifest
+
+
+def load_split(data_dir: Path, name: str) -> list[dict[str, Any]]:
+    """Read one prepared split, with a clear error when the folder holds none."""
+    path = Path(data_dir) / f"{name}.jsonl"
+    if not path.is_file():
+        raise SupportBenchError(f"no prepared {name} split at {path}; run `supportbench prepare --out {data_dir}` first")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def summary_lines(manifest: dict[str, Any], out_dir: Path) -> list[str]:
+    """A one-screen human summary of a prepare manifest."""
+    counts, ph = manifest["counts"], manifest["placeholders"]
+    lines = [
+        f"source       {manifest['source'].get('path') or manifest['source'].get('id')}",
+        f"rows         {counts['rows_in']} in = {counts['kept']} kept + {counts['skipped']} skipped",
+    ]
+    lines += [f"  skipped    {n} x {reason}" for reason, n in counts["skipped_by_reason"].items()]
+    for name in SPLITS:
+        s = manifest["splits"][name]
+        lines.append(f"{name:<12} {s['rows']:>5} rows  {s['intents']} intents  sha256 {s['sha256'][:12]}")
+    lines.append(f"overlap      {manifest['overlap']['normalized_instruction_pairs']}")
+    lines.append(
+        f"placeholders {ph['occurrences']} found: {ph['mapped']} mapped ({ph['mapped_share']:.1%}), "
+        f"{ph['fallback']} readable fallback over {ph['fallback_keys']} keys"
+    )
+    lines.append(f"written to   {out_dir}")
+    return lines

@@ -1,0 +1,36 @@
+"""The one place that decides device, precision and attention kernel for training and inference."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """Where and how a model runs: device, dtype, mixed-precision flags and attention kernel."""
+
+    device: str
+    dtype: torch.dtype
+    bf16: bool
+    fp16: bool
+    gradient_checkpointing: bool
+    attn_implementation: str
+
+    @property
+    def dtype_name(self) -> str:
+        """The dtype as lm-eval and transformers spell it ("float32", "bfloat16", ...)."""
+        return str(self.dtype).removeprefix("torch.")
+
+
+def pick_device(prefer: str | None = None) -> DeviceChoice:
+    """fp32 without checkpointing on CPU; bf16 on Ampere or newer GPUs, fp16 on older ones."""
+    device = prefer or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        major, _ = torch.cuda.get_device_capability()
+        bf16 = major >= 8
+        attn = "flash_attention_2" if bf16 and importlib.util.find_spec("flash_attn") else "sdpa"
+        return DeviceChoice(device, torch.bfloat16 if bf16 else torch.float16, bf16, not bf16, False, attn)
+    return DeviceChoice(device, torch.float32, False, False, False, "sdpa")
