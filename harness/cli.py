@@ -32,6 +32,28 @@ def cmd_models(args: argparse.Namespace) -> None:
     print(f"\ncache: {cache_root()}   (any hub id or local folder also works as --model)")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    """Fine-tune a LoRA adapter into a run folder."""
+    from trainers.config import load_config
+    from trainers.lora import summary_lines, train
+
+    config = load_config(args.preset, args.config, max_steps=args.max_steps, model=args.model)
+    manifest = train(config, Path(args.out), resume=args.resume, data=args.data, reuse=args.reuse)
+    print("\n".join(summary_lines(manifest, Path(args.out))))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    """Score base and base+LoRA on the run's held-out split."""
+    from harness.scoring import EvalConfig, evaluate_run, table_lines
+
+    if args.limit is not None and args.limit <= 0:
+        raise SupportBenchError("--limit must be a positive number of examples")
+    config = EvalConfig(limit=None if args.full else args.limit, batch_size=args.batch_size,
+                        max_new_tokens=args.max_new_tokens, base_model=args.model, twcs=args.twcs)
+    summary = evaluate_run(Path(args.run), config)
+    print("\n".join(table_lines(summary)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="supportbench", description=__doc__)
@@ -51,6 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--placeholders", help="YAML map of {{placeholder}} values merged over the defaults")
     p.add_argument("--force", action="store_true", help="replace a folder that holds a different split")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="fine-tune a LoRA adapter (TRL SFTTrainer + PEFT) into a run folder",
+                       description="Train a LoRA adapter from a preset (and optional YAML overrides). The run folder "
+                                   "gets data/, checkpoints/, adapter/, train.json, loss_history.json and loss_curve.png.")
+    p.add_argument("--preset", help="bundled preset name (ci, cpu-best, seed-exp1, seed-exp2, gemma3-270m)")
+    p.add_argument("--config", help="YAML file whose keys override the preset")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--model", help="override the preset's model (registry alias, hub id or folder)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--reuse", action="store_true", help="if the run folder holds a finished run of this config, keep it")
+    p.add_argument("--data", help="data for a run folder without a prepared split (default: $SUPPORTBENCH_DATA)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="score base and base+LoRA with the customer_support lm-eval tasks",
+                       description="Run the customer_support lm-eval tasks for the base model and base+adapter with the "
+                                   "same split, prompts and greedy decoding; write eval/ into the run folder.")
+    p.add_argument("--run", required=True, help="a finished training run folder")
+    p.add_argument("--model", help="score another base model (registry alias, hub id or folder) instead of the run's")
+    p.add_argument("--limit", type=int, default=50, help="generation examples (default 50, as the notebook)")
+    p.add_argument("--full", action="store_true", help="generate for the whole held-out split")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--twcs", help="score the out-of-domain TWCS tweet pairs (CSV) instead; written to eval/ood/")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("models", help="list registry models and their offline availability",
                        description="List the model registry (bundled plus $SUPPORTBENCH_REGISTRY) and what loads offline.")

@@ -387,3 +387,30 @@ def summary_lines(manifest: dict[str, Any], out_dir: Path) -> list[str]:
     )
     lines.append(f"written to   {out_dir}")
     return lines
+
+
+def load_twcs_pairs(path: Path) -> list[dict[str, Any]]:
+    """Customer tweet -> company reply pairs from a TWCS CSV, for out-of-domain scoring only."""
+    path = Path(path)
+    if not path.is_file():
+        raise SupportBenchError(f"TWCS file not found: {path}")
+    with open(path, encoding="utf-8", newline="") as handle:
+        tweets = list(csv.DictReader(handle))
+    needed = {"tweet_id", "author_id", "inbound", "text", "response_tweet_id"}
+    if tweets and not needed <= set(tweets[0]):
+        raise SupportBenchError(f"{path}: missing TWCS column(s) {sorted(needed - set(tweets[0]))}")
+    by_id = {t["tweet_id"]: t for t in tweets}
+    strip = lambda text: re.sub(r"^(@\w+\s*)+", "", text).strip()  # noqa: E731
+    pairs = []
+    for tweet in tweets:
+        if tweet["inbound"] != "True":
+            continue
+        for reply_id in filter(None, tweet["response_tweet_id"].split(",")):
+            reply = by_id.get(reply_id)
+            if reply and reply["inbound"] == "False" and strip(tweet["text"]) and strip(reply["text"]):
+                pairs.append({
+                    "id": f"twcs-{tweet['tweet_id']}-{reply_id}", "source_row": int(tweet["tweet_id"]),
+                    "instruction": strip(tweet["text"]), "response": strip(reply["text"]),
+                    "category": reply["author_id"], "intent": "twcs", "flags": "", "tags": "",
+                })
+    return pairs

@@ -19,14 +19,14 @@ class SupportBenchError(Exception):
     """An error caused by the user's input or environment, shown without a traceback."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path so that readers see either the old or the new file, never half of one."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes to path so that readers see either the old or the new file, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -35,9 +35,14 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write data as indented, key-sorted JSON, atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
 
 
 def read_json(path: Path) -> Any:

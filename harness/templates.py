@@ -35,6 +35,11 @@ class Template:
     """Base class: a named prompt format with its stop sequences."""
 
     name = "base"
+    reply_prefix = ""  # text between the prompt and the reply itself
+
+    def target(self, response: str) -> str:
+        """The reference reply exactly as it follows the prompt (no end-of-turn marker): used for perplexity."""
+        return self.reply_prefix + response
 
     def prompt(self, turns: list[Turn], tokenizer: Any = None) -> str:
         """Render past turns plus the open last turn as the text the model continues."""
@@ -66,6 +71,7 @@ class SeedTemplate(Template):
     """The original notebook's format: `### Customer: …` then `### Support Agent: …`."""
 
     name = "seed"
+    reply_prefix = " "
 
     def prompt(self, turns: list[Turn], tokenizer: Any = None) -> str:
         parts = []
@@ -76,7 +82,7 @@ class SeedTemplate(Template):
         return "".join(parts)
 
     def completion(self, response: str, tokenizer: Any = None) -> str:
-        return f" {response}"
+        return self.target(response)
 
     def stop_sequences(self, tokenizer: Any = None) -> list[str]:
         return [SEED_CUSTOMER, SEED_AGENT, "\n### "]
@@ -102,7 +108,7 @@ class ChatTemplate(Template):
 
     def completion(self, response: str, tokenizer: Any = None) -> str:
         end = next((m for m in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>") if m in (tokenizer.chat_template or "")), None)
-        return response + (end or tokenizer.eos_token or "")
+        return self.target(response) + (end or tokenizer.eos_token or "")
 
     def stop_sequences(self, tokenizer: Any = None) -> list[str]:
         if tokenizer is None:

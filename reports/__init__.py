@@ -1,0 +1,1 @@
+"""Jinja2 HTML and Markdown reports and the leaderboard."""

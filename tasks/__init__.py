@@ -1,0 +1,1 @@
+"""lm-eval task definitions for SupportBench (use with `lm_eval --include_path tasks`)."""

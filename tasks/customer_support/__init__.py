@@ -1,0 +1,1 @@
+"""The customer-support lm-eval tasks: YAMLs plus utils.py."""

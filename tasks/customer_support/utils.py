@@ -1,0 +1,116 @@
+"""Helpers for the customer_support lm-eval tasks: data loading, per-sample scoring, aggregation."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+from lm_eval.api.instance import Instance
+from lm_eval.api.task import ConfigurableTask
+
+from harness.data import DataConfig, load_split, load_twcs_pairs, prepare, resolve_source
+from harness.io import SupportBenchError
+from harness.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
+from harness.models import cache_root
+from harness.templates import Turn, get_template, has_runon
+
+SPLIT_ENV = "SUPPORTBENCH_SPLIT"
+
+
+def _default_data_dir() -> Path:
+    """Prepare the default split once into the cache (keyed by the data source) and return its folder."""
+    source = resolve_source(None)
+    folder = cache_root().parent / "data" / hashlib.sha256(source.encode()).hexdigest()[:12]
+    if not (folder / "manifest.json").is_file():
+        prepare(DataConfig(source=source), folder)
+    return folder
+
+
+def _rows(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    if metadata.get("twcs"):
+        return load_twcs_pairs(Path(metadata["twcs"]))
+    data_dir = metadata.get("data_dir") or os.environ.get(SPLIT_ENV)
+    return load_split(Path(data_dir) if data_dir else _default_data_dir(), metadata.get("split", "test"))
+
+
+def _tokenizer(metadata: dict[str, Any]) -> Any:
+    source = metadata.get("tokenizer") or metadata.get("pretrained")
+    if not source or not isinstance(source, str):
+        raise SupportBenchError("customer_support tasks need a tokenizer: pass --metadata '{\"tokenizer\": \"<id or dir>\"}'")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
+
+
+def load_docs(**metadata: Any) -> datasets.DatasetDict:
+    """lm-eval `custom_dataset` hook: the prepared split rendered in the chosen template, with token counts."""
+    tokenizer = _tokenizer(metadata)
+    template = get_template(metadata.get("template", "seed"))
+    stops = template.stop_sequences(tokenizer)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    docs = []
+    for row in _rows(metadata):
+        prompt = template.prompt([Turn(row["instruction"])], tokenizer)
+        target = template.target(row["response"])
+        context = prompt.rstrip()  # lm-eval moves the prompt's trailing spaces into the continuation
+        docs.append({
+            "id": row["id"], "category": row["category"], "intent": row["intent"],
+            "instruction": row["instruction"], "reference": row["response"],
+            "prompt": prompt, "target": target, "stop": stops,
+            "target_tokens": len(encode(prompt + target)) - len(encode(context)),
+            "prompt_tokens": len(encode(prompt)),
+        })
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+def process_gen(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
+    """Score one generation: cut at the template's stops, then ROUGE, BLEU pair and format checks."""
+    raw = results[0]
+    cuts = [i for stop in doc["stop"] if (i := raw.find(stop)) >= 0]
+    reply = (raw[: min(cuts)] if cuts else raw).strip()
+    return {
+        **rouge(reply, doc["reference"]),
+        "bleu": (reply, doc["reference"]),
+        "runon": float(bool(cuts) or has_runon(raw)),
+        "placeholder_leak": float(leaks_placeholder(reply)),
+        "response_words": float(word_count(reply)),
+    }
+
+
+def bleu(items: list[tuple[str, str]]) -> float:
+    """Aggregate (prediction, reference) pairs into corpus BLEU-4."""
+    predictions, references = zip(*items)
+    return corpus_bleu(list(predictions), list(references))
+
+
+class PerplexityTask(ConfigurableTask):
+    """A log-likelihood task with two requests per doc: the reply given the prompt, and the prompt itself."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config={k: v for k, v in config.items() if k != "class"})
+
+    def construct_requests(self, doc: dict[str, Any], ctx: str, **kwargs: Any) -> list[Instance]:
+        kwargs.pop("apply_chat_template", None)
+        kwargs.pop("chat_template", None)
+        pairs = [(ctx, doc["target"]), ("", doc["prompt"])]
+        return [Instance(request_type="loglikelihood", doc=doc, arguments=pair, idx=i, **kwargs) for i, pair in enumerate(pairs)]
+
+
+def process_ppl(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, tuple[float, int]]:
+    """Response-only and whole-text (notebook) log-likelihoods, each with its token count."""
+    (reply_ll, _), (prompt_ll, _) = results
+    return {
+        "perplexity": (reply_ll, doc["target_tokens"]),
+        "perplexity_fulltext": (reply_ll + prompt_ll, doc["target_tokens"] + doc["prompt_tokens"]),
+    }
+
+
+def token_perplexity(items: list[tuple[float, int]]) -> float:
+    """exp of the mean negative log-likelihood per token over all scored tokens."""
+    total_ll = sum(ll for ll, _ in items)
+    total_tokens = sum(n for _, n in items)
+    return math.exp(-total_ll / total_tokens)

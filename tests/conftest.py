@@ -1,0 +1,61 @@
+"""Shared fixtures: small data files written by the tests, a tiny model, and paths to the shared data."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+from tiny_model import build_tiny_model
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+BITEXT = Path(os.environ.get("SUPPORTBENCH_DATA") or SHARED / "bitext" / "bitext_customer_support_4514.csv")
+TWCS = SHARED / "twcs" / "twcs_sample_1000.csv"
+INTENTS = {"cancel_order": "ORDER", "track_refund": "REFUND", "recover_password": "ACCOUNT", "change_shipping_address": "SHIPPING_ADDRESS"}
+
+
+def fixture_rows(per_intent: int = 30) -> list[dict[str, str]]:
+    """Synthetic Bitext-like rows: 4 intents, distinct instructions, placeholders in responses."""
+    rows = []
+    for intent, category in INTENTS.items():
+        for i in range(per_intent):
+            rows.append({
+                "instruction": f"please help me {intent.replace('_', ' ')} number {i} today",
+                "response": f"Sure, I can help with {intent.replace('_', ' ')} for {{{{Order Number}}}}. "
+                            f"Visit {{{{Website Name}}}} or call {{{{Customer Support Phone Number}}}}. Case {i}.",
+                "intent": intent, "category": category, "flags": "B", "tags": "BL",
+            })
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]], columns: list[str] | None = None) -> Path:
+    """Write rows to a CSV with the given (or the rows') columns."""
+    columns = columns or list(rows[0])
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def fixture_csv(tmp_path: Path) -> Path:
+    """A clean 120-row CSV in the Hugging Face schema."""
+    return write_csv(tmp_path / "support.csv", fixture_rows())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama model whose vocabulary covers the fixture data."""
+    corpus = [r["instruction"] + " " + r["response"] for r in fixture_rows()]
+    corpus += ["### customer : support agent : sure orders ord-98765 website 1-800-555-0199 alex morgan"]
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every test's model cache and registry out of the user's home."""
+    monkeypatch.setenv("SUPPORTBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SUPPORTBENCH_REGISTRY", raising=False)

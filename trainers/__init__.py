@@ -1,0 +1,1 @@
+"""LoRA training adapters (PEFT + TRL) with presets."""
