@@ -59,3 +59,18 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test's model cache and registry out of the user's home."""
     monkeypatch.setenv("SUPPORTBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("SUPPORTBENCH_REGISTRY", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A finished 4-step LoRA run of the tiny model on a small prepared split."""
+    from harness.data import DataConfig, prepare
+    from trainers.config import TrainConfig
+    from trainers.lora import train
+
+    root = tmp_path_factory.mktemp("tinyrun")
+    run = root / "run"
+    prepare(DataConfig(source=str(write_csv(root / "d.csv", fixture_rows())), test_size=16, validation_size=8), run / "data")
+    train(TrainConfig(model=str(tiny_model_dir), template="seed", max_steps=4, batch_size=4, gradient_accumulation=1,
+                      save_steps=4, max_eval_examples=8, learning_rate=1e-3), run)
+    return run
