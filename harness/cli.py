@@ -14,8 +14,13 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from harness.data import DataConfig, prepare, resolve_source, summary_lines
 
     config = DataConfig(
-        source=resolve_source(args.data), seed=args.seed, mode=args.mode, test_size=args.test_size,
-        validation_size=args.validation_size, sample_size=args.sample_size, placeholders=args.placeholders,
+        source=resolve_source(args.data),
+        seed=args.seed,
+        mode=args.mode,
+        test_size=args.test_size,
+        validation_size=args.validation_size,
+        sample_size=args.sample_size,
+        placeholders=args.placeholders,
     )
     manifest = prepare(config, Path(args.out), force=args.force)
     print("\n".join(summary_lines(manifest, Path(args.out))))
@@ -48,10 +53,29 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if args.limit is not None and args.limit <= 0:
         raise SupportBenchError("--limit must be a positive number of examples")
-    config = EvalConfig(limit=None if args.full else args.limit, batch_size=args.batch_size,
-                        max_new_tokens=args.max_new_tokens, base_model=args.model, twcs=args.twcs)
+    config = EvalConfig(
+        limit=None if args.full else args.limit,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        base_model=args.model,
+        twcs=args.twcs,
+    )
     summary = evaluate_run(Path(args.run), config)
     print("\n".join(table_lines(summary)))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Measure load time, latency, throughput and memory of base, LoRA and merged models."""
+    from harness.bench import run_suite
+
+    summary = run_suite(Path(args.run), quick=args.quick)
+    print(f"{'variant':<8}{'warm load s':>12}{'TTFT s':>9}{'ms/token':>10}{'p50 s':>8}{'p95 s':>8}{'tok/s b1':>10}"
+          f"{'tok/s batch':>12}{'peak RSS MiB':>14}")
+    for name, row in summary["variants"].items():
+        print(f"{name:<8}{row['warm_load_s']:>12.2f}{row['ttft_p50_s']:>9.3f}{row['decode_ms_per_token_p50']:>10.1f}"
+              f"{row['e2e_p50_s']:>8.2f}{row['e2e_p95_s']:>8.2f}{row['tokens_per_s_batch1']:>10.1f}"
+              f"{row['tokens_per_s_batched']:>12.1f}{row['peak_rss_mib']:>14.0f}")
+    print(f"written to {Path(args.run) / 'bench'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,14 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="supportbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("prepare", help="clean, validate and split the support data",
-                       description="Load a hub dataset or local CSV/JSONL/Parquet, fill placeholders, and write a "
-                                   "leak-free stratified train/validation/test split plus manifest.json.")
+    p = sub.add_parser(
+        "prepare",
+        help="clean, validate and split the support data",
+        description="Load a hub dataset or local CSV/JSONL/Parquet, fill placeholders, and write a "
+        "leak-free stratified train/validation/test split plus manifest.json.",
+    )
     p.add_argument("--data", help="hub dataset id or local file (default: $SUPPORTBENCH_DATA, else the Bitext hub id)")
     p.add_argument("--out", required=True, help="folder to write the splits and manifest into")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--mode", choices=["heldout", "notebook"], default="heldout",
-                   help="heldout: fixed-size held-out test set (default); notebook: sample N then 90/10")
+    p.add_argument(
+        "--mode",
+        choices=["heldout", "notebook"],
+        default="heldout",
+        help="heldout: fixed-size held-out test set (default); notebook: sample N then 90/10",
+    )
     p.add_argument("--test-size", type=int, default=500)
     p.add_argument("--validation-size", type=int, default=100)
     p.add_argument("--sample-size", type=int, default=5000, help="rows sampled in notebook mode")
@@ -74,9 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a folder that holds a different split")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="fine-tune a LoRA adapter (TRL SFTTrainer + PEFT) into a run folder",
-                       description="Train a LoRA adapter from a preset (and optional YAML overrides). The run folder "
-                                   "gets data/, checkpoints/, adapter/, train.json, loss_history.json and loss_curve.png.")
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a LoRA adapter (TRL SFTTrainer + PEFT) into a run folder",
+        description="Train a LoRA adapter from a preset (and optional YAML overrides). The run folder "
+        "gets data/, checkpoints/, adapter/, train.json, loss_history.json and loss_curve.png.",
+    )
     p.add_argument("--preset", help="bundled preset name (ci, cpu-best, seed-exp1, seed-exp2, gemma3-270m)")
     p.add_argument("--config", help="YAML file whose keys override the preset")
     p.add_argument("--out", required=True, help="run folder")
@@ -87,9 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data for a run folder without a prepared split (default: $SUPPORTBENCH_DATA)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="score base and base+LoRA with the customer_support lm-eval tasks",
-                       description="Run the customer_support lm-eval tasks for the base model and base+adapter with the "
-                                   "same split, prompts and greedy decoding; write eval/ into the run folder.")
+    p = sub.add_parser(
+        "eval",
+        help="score base and base+LoRA with the customer_support lm-eval tasks",
+        description="Run the customer_support lm-eval tasks for the base model and base+adapter with the "
+        "same split, prompts and greedy decoding; write eval/ into the run folder.",
+    )
     p.add_argument("--run", required=True, help="a finished training run folder")
     p.add_argument("--model", help="score another base model (registry alias, hub id or folder) instead of the run's")
     p.add_argument("--limit", type=int, default=50, help="generation examples (default 50, as the notebook)")
@@ -99,8 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--twcs", help="score the out-of-domain TWCS tweet pairs (CSV) instead; written to eval/ood/")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("models", help="list registry models and their offline availability",
-                       description="List the model registry (bundled plus $SUPPORTBENCH_REGISTRY) and what loads offline.")
+    p = sub.add_parser(
+        "bench",
+        help="latency and memory benchmarks (pytest-benchmark) for base, LoRA and merged models",
+        description="Run the pytest-benchmark latency suite on a finished run: cold/warm load, time to first token, "
+        "per-token decode latency, p50/p95 reply latency, batch-1 and batched tokens/s, peak memory. "
+        "Writes bench/pytest_benchmark.json and bench/summary.json into the run folder.",
+    )
+    p.add_argument("--run", required=True, help="a finished training run folder")
+    p.add_argument("--quick", action="store_true", help="3 queries and 16 new tokens instead of 8 and 64")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "models",
+        help="list registry models and their offline availability",
+        description="List the model registry (bundled plus $SUPPORTBENCH_REGISTRY) and what loads offline.",
+    )
     p.set_defaults(func=cmd_models)
     return parser
 

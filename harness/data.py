@@ -94,7 +94,7 @@ def _read_csv(path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int
         if len(values) != len(header):
             report.skip(number, f"malformed row: expected {len(header)} fields, got {len(values)}")
             continue
-        rows.append((number, dict(zip(header, values))))
+        rows.append((number, dict(zip(header, values, strict=True))))
     return header, rows
 
 
@@ -226,13 +226,15 @@ def clean_rows(rows, report: LoadReport, filler: PlaceholderFiller) -> list[dict
             report.skip(number, f"duplicate of row {first_seen[key]}")
             continue
         first_seen[key] = number
-        kept.append({
-            "id": f"row-{number}",
-            "source_row": number,
-            "instruction": filler(texts["instruction"].strip()),
-            "response": filler(texts["response"].strip()),
-            **{c: texts[c].strip() for c in OPTIONAL_COLUMNS},
-        })
+        kept.append(
+            {
+                "id": f"row-{number}",
+                "source_row": number,
+                "instruction": filler(texts["instruction"].strip()),
+                "response": filler(texts["response"].strip()),
+                **{c: texts[c].strip() for c in OPTIONAL_COLUMNS},
+            }
+        )
     return kept
 
 
@@ -296,7 +298,7 @@ def overlap_report(splits: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
     """Count normalized instructions shared by each pair of splits (all zero for a clean split)."""
     keys = {name: {normalize_instruction(r["instruction"]) for r in rows} for name, rows in splits.items()}
     names = sorted(keys)
-    return {f"{a}&{b}": len(keys[a] & keys[b]) for i, a in enumerate(names) for b in names[i + 1:]}
+    return {f"{a}&{b}": len(keys[a] & keys[b]) for i, a in enumerate(names) for b in names[i + 1 :]}
 
 
 # ---------------------------------------------------------------- the stage
@@ -309,8 +311,7 @@ def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str,
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise SupportBenchError(
-            f"{config.source}: missing required column(s) {', '.join(repr(c) for c in missing)}; "
-            f"found columns {columns}"
+            f"{config.source}: missing required column(s) {', '.join(repr(c) for c in missing)}; found columns {columns}"
         )
     filler = PlaceholderFiller(load_placeholder_map(config.placeholders))
     kept = clean_rows(rows, report, filler)
@@ -408,9 +409,16 @@ def load_twcs_pairs(path: Path) -> list[dict[str, Any]]:
         for reply_id in filter(None, tweet["response_tweet_id"].split(",")):
             reply = by_id.get(reply_id)
             if reply and reply["inbound"] == "False" and strip(tweet["text"]) and strip(reply["text"]):
-                pairs.append({
-                    "id": f"twcs-{tweet['tweet_id']}-{reply_id}", "source_row": int(tweet["tweet_id"]),
-                    "instruction": strip(tweet["text"]), "response": strip(reply["text"]),
-                    "category": reply["author_id"], "intent": "twcs", "flags": "", "tags": "",
-                })
+                pairs.append(
+                    {
+                        "id": f"twcs-{tweet['tweet_id']}-{reply_id}",
+                        "source_row": int(tweet["tweet_id"]),
+                        "instruction": strip(tweet["text"]),
+                        "response": strip(reply["text"]),
+                        "category": reply["author_id"],
+                        "intent": "twcs",
+                        "flags": "",
+                        "tags": "",
+                    }
+                )
     return pairs

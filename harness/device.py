@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import resource
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -34,3 +36,27 @@ def pick_device(prefer: str | None = None) -> DeviceChoice:
         attn = "flash_attention_2" if bf16 and importlib.util.find_spec("flash_attn") else "sdpa"
         return DeviceChoice(device, torch.bfloat16 if bf16 else torch.float16, bf16, not bf16, False, attn)
     return DeviceChoice(device, torch.float32, False, False, False, "sdpa")
+
+
+def reset_peak_memory() -> None:
+    """Restart peak-memory tracking (Linux VmHWM via clear_refs, and CUDA peak stats)."""
+    clear_refs = Path("/proc/self/clear_refs")
+    if clear_refs.exists():
+        try:
+            clear_refs.write_text("5")
+        except OSError:
+            pass
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak resident memory since the last reset (process lifetime where resets are unsupported), in MiB."""
+    status = Path("/proc/self/status")
+    lines = status.read_text().splitlines() if status.exists() else []
+    hwm = [int(line.split()[1]) for line in lines if line.startswith("VmHWM:")]
+    kib = hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = {"peak_rss_mib": round(kib / 1024, 1)}
+    if torch.cuda.is_available():
+        peak["cuda_peak_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak

@@ -6,13 +6,13 @@ import hashlib
 import json
 import os
 import re
-import socket
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 class SupportBenchError(Exception):

@@ -32,7 +32,7 @@ def _tokenizer_13a():
 
 
 def _ngrams(tokens: list[str], order: int) -> Counter:
-    return Counter(tuple(tokens[i:i + order]) for i in range(len(tokens) - order + 1))
+    return Counter(tuple(tokens[i : i + order]) for i in range(len(tokens) - order + 1))
 
 
 def corpus_bleu(predictions: list[str], references: list[str], max_order: int = 4) -> float:
@@ -42,14 +42,14 @@ def corpus_bleu(predictions: list[str], references: list[str], max_order: int = 
     tokenize = _tokenizer_13a()
     matches, possible = [0] * max_order, [0] * max_order
     pred_len = ref_len = 0
-    for prediction, reference in zip(predictions, references):
+    for prediction, reference in zip(predictions, references, strict=True):
         pred, ref = tokenize(prediction).split(), tokenize(reference).split()
         pred_len, ref_len = pred_len + len(pred), ref_len + len(ref)
         for order in range(1, max_order + 1):
             pred_ngrams, ref_ngrams = _ngrams(pred, order), _ngrams(ref, order)
             matches[order - 1] += sum((pred_ngrams & ref_ngrams).values())
             possible[order - 1] += max(len(pred) - order + 1, 0)
-    precisions = [m / p if p else 0.0 for m, p in zip(matches, possible)]
+    precisions = [m / p if p else 0.0 for m, p in zip(matches, possible, strict=True)]
     if min(precisions) <= 0:
         return 0.0
     geo_mean = math.exp(sum(math.log(p) for p in precisions) / max_order)

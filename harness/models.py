@@ -21,7 +21,13 @@ REGISTRY_ENV = "SUPPORTBENCH_REGISTRY"
 CACHE_ENV = "SUPPORTBENCH_CACHE"
 SOURCES = ("hub_id", "path", "gguf_package")
 ENTRY_KEYS = set(SOURCES) | {
-    "description", "install", "template", "lora_targets", "gguf_file", "gguf_assemble", "gguf_distribution",
+    "description",
+    "install",
+    "template",
+    "lora_targets",
+    "gguf_file",
+    "gguf_assemble",
+    "gguf_distribution",
 }
 
 

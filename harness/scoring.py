@@ -41,8 +41,14 @@ def check_no_leakage(run_dir: Path) -> dict[str, Any]:
         )
     shared = set(data["splits"]["test"]["instruction_hashes"]) & set(data["splits"]["train"]["instruction_hashes"])
     if shared:
-        raise SupportBenchError(f"test split shares {len(shared)} normalized instruction(s) with the training split; refusing to score")
-    return {"train_sha256": data["splits"]["train"]["sha256"], "test_sha256": data["splits"]["test"]["sha256"], "shared_instructions": 0}
+        raise SupportBenchError(
+            f"test split shares {len(shared)} normalized instruction(s) with the training split; refusing to score"
+        )
+    return {
+        "train_sha256": data["splits"]["train"]["sha256"],
+        "test_sha256": data["splits"]["test"]["sha256"],
+        "shared_instructions": 0,
+    }
 
 
 def _metric(task_results: dict[str, Any], name: str) -> float:
@@ -57,13 +63,19 @@ def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], 
 
     device = pick_device()
     started = time.perf_counter()
-    lm = HFLM(pretrained=model_path, peft=adapter, device=device.device, dtype=device.dtype_name,
-              batch_size=config.batch_size)
+    lm = HFLM(pretrained=model_path, peft=adapter, device=device.device, dtype=device.dtype_name, batch_size=config.batch_size)
     load_s = time.perf_counter() - started
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={**metadata, "tokenizer": model_path})
-    common = {"model": lm, "task_manager": manager, "log_samples": True, "bootstrap_iters": 0, "random_seed": config.seed,
-              "numpy_random_seed": config.seed, "torch_random_seed": config.seed,
-              "gen_kwargs": {"max_gen_toks": config.max_new_tokens}}
+    common = {
+        "model": lm,
+        "task_manager": manager,
+        "log_samples": True,
+        "bootstrap_iters": 0,
+        "random_seed": config.seed,
+        "numpy_random_seed": config.seed,
+        "torch_random_seed": config.seed,
+        "gen_kwargs": {"max_gen_toks": config.max_new_tokens},
+    }
     t0 = time.perf_counter()
     gen = simple_evaluate(tasks=[GEN_TASK], limit=config.limit, **common)
     t1 = time.perf_counter()
@@ -79,8 +91,13 @@ def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], 
             "perplexity": _metric(ppl["results"][PPL_TASK], "perplexity"),
             "perplexity_fulltext": _metric(ppl["results"][PPL_TASK], "perplexity_fulltext"),
         },
-        "n": {"generation": len(gen["samples"][GEN_TASK]), "perplexity": len(ppl["samples"][PPL_TASK]),
-              "prompts_left_truncated": truncated, "context_budget_tokens": budget, "replies_at_token_cap": capped},
+        "n": {
+            "generation": len(gen["samples"][GEN_TASK]),
+            "perplexity": len(ppl["samples"][PPL_TASK]),
+            "prompts_left_truncated": truncated,
+            "context_budget_tokens": budget,
+            "replies_at_token_cap": capped,
+        },
         "timing_s": {"load": round(load_s, 2), "generation": round(t1 - t0, 1), "perplexity": round(t2 - t1, 1)},
         "samples": gen["samples"][GEN_TASK],
         "lm_eval_config": gen["config"],
@@ -131,19 +148,31 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
     metadata = {"template": train["template"], "data_dir": str(run_dir / "data")}
     if config.twcs:
         metadata["twcs"] = config.twcs
-    results = {"base": score_model(path, None, metadata, config),
-               "finetuned": score_model(path, str(run_dir / train["adapter"]), metadata, config)}
+    results = {
+        "base": score_model(path, None, metadata, config),
+        "finetuned": score_model(path, str(run_dir / train["adapter"]), metadata, config),
+    }
     base, tuned = results["base"], results["finetuned"]
     by_id = {s["doc"]["id"]: s for s in tuned["samples"]}
     side_by_side = [
-        {"id": s["doc"]["id"], "category": s["doc"]["category"], "query": s["doc"]["instruction"],
-         "reference": s["doc"]["reference"], "base": _reply(s), "finetuned": _reply(by_id[s["doc"]["id"]]),
-         "base_rougeL": s["rougeL"], "finetuned_rougeL": by_id[s["doc"]["id"]]["rougeL"]}
+        {
+            "id": s["doc"]["id"],
+            "category": s["doc"]["category"],
+            "query": s["doc"]["instruction"],
+            "reference": s["doc"]["reference"],
+            "base": _reply(s),
+            "finetuned": _reply(by_id[s["doc"]["id"]]),
+            "base_rougeL": s["rougeL"],
+            "finetuned_rougeL": by_id[s["doc"]["id"]]["rougeL"],
+        }
         for s in base["samples"]
     ]
     summary = {
-        "run": str(run_dir), "dataset": "twcs" if config.twcs else "bitext-test",
-        "base_model": base_name, "template": train["template"], "config": asdict(config),
+        "run": str(run_dir),
+        "dataset": "twcs" if config.twcs else "bitext-test",
+        "base_model": base_name,
+        "template": train["template"],
+        "config": asdict(config),
         "leakage_check": leakage,
         "n": {"base": base["n"], "finetuned": tuned["n"]},
         "caps": {"generation_limit": config.limit, "max_new_tokens": config.max_new_tokens},
@@ -163,8 +192,10 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
     """The base / fine-tuned / delta table, as the notebook printed it."""
     base, tuned, delta = summary["metrics"]["base"], summary["metrics"]["finetuned"], summary["delta_pct"]
     n = summary["n"]["base"]
-    lines = [f"{summary['dataset']}: {n['generation']} generated, {n['perplexity']} for perplexity",
-             f"{'metric':<22}{'base':>10}{'fine-tuned':>12}{'change':>10}"]
+    lines = [
+        f"{summary['dataset']}: {n['generation']} generated, {n['perplexity']} for perplexity",
+        f"{'metric':<22}{'base':>10}{'fine-tuned':>12}{'change':>10}",
+    ]
     for metric in base:
         change = "n/a" if delta[metric] is None else f"{delta[metric]:+.1f}%"
         lines.append(f"{metric:<22}{base[metric]:>10.4f}{tuned[metric]:>12.4f}{change:>10}")

@@ -8,16 +8,21 @@ from typing import Any
 
 from harness.io import SupportBenchError
 
-SYSTEM_PROMPT = (
-    "You are a friendly, professional customer-support agent. "
-    "Answer the customer's message helpfully and concisely."
-)
+SYSTEM_PROMPT = "You are a friendly, professional customer-support agent. Answer the customer's message helpfully and concisely."
 SEED_CUSTOMER = "### Customer:"
 SEED_AGENT = "### Support Agent:"
 # Role markers that chat templates use to open or close a turn; the ones a tokenizer knows become stops.
 CHAT_TURN_MARKERS = (
-    "<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>", "<|user|>", "<|assistant|>",
-    "<|system|>", "<|eot_id|>", "<|start_header_id|>", "</s>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|system|>",
+    "<|eot_id|>",
+    "<|start_header_id|>",
+    "</s>",
 )
 # Text that looks like an invented next turn when it appears inside a reply.
 RUNON_PATTERN = re.compile(r"(^|\n)\s*(###\s*(Customer|Support Agent)|(Customer|User|Agent|Assistant)\s*:)", re.I)

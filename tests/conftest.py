@@ -5,15 +5,22 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
-
 from tiny_model import build_tiny_model
+
+from trainers.config import TrainConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BITEXT = Path(os.environ.get("SUPPORTBENCH_DATA") or SHARED / "bitext" / "bitext_customer_support_4514.csv")
 TWCS = SHARED / "twcs" / "twcs_sample_1000.csv"
-INTENTS = {"cancel_order": "ORDER", "track_refund": "REFUND", "recover_password": "ACCOUNT", "change_shipping_address": "SHIPPING_ADDRESS"}
+INTENTS = {
+    "cancel_order": "ORDER",
+    "track_refund": "REFUND",
+    "recover_password": "ACCOUNT",
+    "change_shipping_address": "SHIPPING_ADDRESS",
+}
 
 
 def fixture_rows(per_intent: int = 30) -> list[dict[str, str]]:
@@ -21,12 +28,17 @@ def fixture_rows(per_intent: int = 30) -> list[dict[str, str]]:
     rows = []
     for intent, category in INTENTS.items():
         for i in range(per_intent):
-            rows.append({
-                "instruction": f"please help me {intent.replace('_', ' ')} number {i} today",
-                "response": f"Sure, I can help with {intent.replace('_', ' ')} for {{{{Order Number}}}}. "
-                            f"Visit {{{{Website Name}}}} or call {{{{Customer Support Phone Number}}}}. Case {i}.",
-                "intent": intent, "category": category, "flags": "B", "tags": "BL",
-            })
+            rows.append(
+                {
+                    "instruction": f"please help me {intent.replace('_', ' ')} number {i} today",
+                    "response": f"Sure, I can help with {intent.replace('_', ' ')} for {{{{Order Number}}}}. "
+                    f"Visit {{{{Website Name}}}} or call {{{{Customer Support Phone Number}}}}. Case {i}.",
+                    "intent": intent,
+                    "category": category,
+                    "flags": "B",
+                    "tags": "BL",
+                }
+            )
     return rows
 
 
@@ -61,16 +73,30 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SUPPORTBENCH_REGISTRY", raising=False)
 
 
+def tiny_config(model_dir: Path, **overrides: Any) -> TrainConfig:
+    """A few-step LoRA config for the tiny model; keyword arguments override it."""
+    values = dict(
+        model=str(model_dir),
+        template="seed",
+        max_steps=4,
+        batch_size=4,
+        gradient_accumulation=1,
+        save_steps=2,
+        max_eval_examples=8,
+        learning_rate=1e-3,
+        logging_steps=1,
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """A finished 4-step LoRA run of the tiny model on a small prepared split."""
     from harness.data import DataConfig, prepare
-    from trainers.config import TrainConfig
     from trainers.lora import train
 
     root = tmp_path_factory.mktemp("tinyrun")
     run = root / "run"
     prepare(DataConfig(source=str(write_csv(root / "d.csv", fixture_rows())), test_size=16, validation_size=8), run / "data")
-    train(TrainConfig(model=str(tiny_model_dir), template="seed", max_steps=4, batch_size=4, gradient_accumulation=1,
-                      save_steps=4, max_eval_examples=8, learning_rate=1e-3), run)
+    train(tiny_config(tiny_model_dir, save_steps=4), run)
     return run

@@ -23,8 +23,11 @@ def test_every_subcommand_has_help(stage, capsys):
 
 def test_prepare_without_response_column_fails_and_writes_nothing(tmp_path):
     path = write_csv(tmp_path / "d.csv", fixture_rows(), columns=["instruction", "intent", "category"])
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "prepare", "--data", str(path), "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "prepare", "--data", str(path), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "'response'" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
@@ -32,7 +35,9 @@ def test_prepare_without_response_column_fails_and_writes_nothing(tmp_path):
 
 def test_prepare_prints_a_summary(tmp_path, capsys):
     path = write_csv(tmp_path / "d.csv", fixture_rows())
-    assert main(["prepare", "--data", str(path), "--out", str(tmp_path / "out"), "--test-size", "12", "--validation-size", "4"]) == 0
+    assert (
+        main(["prepare", "--data", str(path), "--out", str(tmp_path / "out"), "--test-size", "12", "--validation-size", "4"]) == 0
+    )
     out = capsys.readouterr().out
     assert "120 in = 120 kept + 0 skipped" in out and "placeholders 360 found: 360 mapped" in out
 

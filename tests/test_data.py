@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 from conftest import BITEXT, fixture_rows, write_csv
 
-from harness.data import DataConfig, load_placeholder_map, normalize_instruction, prepare, PlaceholderFiller
+from harness.data import DataConfig, PlaceholderFiller, load_placeholder_map, normalize_instruction, prepare
 from harness.io import SupportBenchError
 
 
 def _prepare(path: Path, out: Path, **kwargs) -> dict:
-    return prepare(DataConfig(source=str(path), test_size=kwargs.pop("test_size", 20),
-                              validation_size=kwargs.pop("validation_size", 8), **kwargs), out)
+    return prepare(
+        DataConfig(
+            source=str(path), test_size=kwargs.pop("test_size", 20), validation_size=kwargs.pop("validation_size", 8), **kwargs
+        ),
+        out,
+    )
 
 
 def _read(out: Path, split: str) -> list[dict]:

@@ -17,10 +17,30 @@ from harness.scoring import TASKS_DIR, EvalConfig, evaluate_run, table_lines
 def test_plain_lm_eval_cli_runs_both_tasks(tiny_run, tiny_model_dir, tmp_path):
     metadata = json.dumps({"data_dir": str(tiny_run / "data"), "template": "seed"})
     result = subprocess.run(
-        [sys.executable, "-m", "lm_eval", "--include_path", str(TASKS_DIR), "--tasks", "customer_support", "--model", "hf",
-         "--model_args", f"pretrained={tiny_model_dir},peft={tiny_run / 'adapter'},dtype=float32", "--device", "cpu",
-         "--limit", "3", "--metadata", metadata, "--output_path", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "lm_eval",
+            "--include_path",
+            str(TASKS_DIR),
+            "--tasks",
+            "customer_support",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={tiny_model_dir},peft={tiny_run / 'adapter'},dtype=float32",
+            "--device",
+            "cpu",
+            "--limit",
+            "3",
+            "--metadata",
+            metadata,
+            "--output_path",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     for metric in ("rougeL", "bleu", "runon", "placeholder_leak", "perplexity", "perplexity_fulltext"):
@@ -30,8 +50,12 @@ def test_plain_lm_eval_cli_runs_both_tasks(tiny_run, tiny_model_dir, tmp_path):
 
 
 def test_lm_eval_lists_the_three_tasks():
-    result = subprocess.run([sys.executable, "-m", "lm_eval", "ls", "tasks", "--include_path", str(TASKS_DIR)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "ls", "tasks", "--include_path", str(TASKS_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     for name in ("customer_support_gen", "customer_support_ppl", "customer_support"):
         assert f"|{name} " in result.stdout.replace("| ", "|"), name
 

@@ -44,7 +44,7 @@ def test_bleu_by_hand():
 
 
 def test_bleu_matches_sacrebleu_without_smoothing():
-    predictions, references = zip(*PAIRS)
+    predictions, references = zip(*PAIRS, strict=True)
     sacre = BLEU(smooth_method="none", tokenize="13a").corpus_score(list(predictions), [list(references)])
     assert corpus_bleu(list(predictions), list(references)) == pytest.approx(sacre.score / 100, abs=1e-9)
 

@@ -33,11 +33,14 @@ def test_user_registry_adds_a_model_without_code(tmp_path, monkeypatch, tiny_mod
     assert model.dtype == torch.float32 and tokenizer.pad_token is not None
 
 
-@pytest.mark.parametrize("text, error", [
-    ("bad:\n  hub_id: a/b\n  path: /x\n", "exactly one of"),
-    ("bad:\n  hub_id: a/b\n  colour: red\n", "unknown keys"),
-    ("- a list\n", "must map aliases"),
-])
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("bad:\n  hub_id: a/b\n  path: /x\n", "exactly one of"),
+        ("bad:\n  hub_id: a/b\n  colour: red\n", "unknown keys"),
+        ("- a list\n", "must map aliases"),
+    ],
+)
 def test_bad_registry_entries_are_named(tmp_path, monkeypatch, text, error):
     registry = tmp_path / "models.yaml"
     registry.write_text(text)

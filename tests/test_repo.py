@@ -19,11 +19,19 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_wheel_carries_task_yamls_presets_and_registry(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-                   check=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        cwd=tmp_path,
+    )
     wheel = next(tmp_path.glob("supportbench-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("tasks/customer_support/customer_support_gen.yaml", "tasks/customer_support/_customer_support_common",
-                   "tasks/customer_support/utils.py", "trainers/presets/ci.yaml", "harness/registry.yaml",
-                   "harness/placeholders.yaml"):
+    for needed in (
+        "tasks/customer_support/customer_support_gen.yaml",
+        "tasks/customer_support/_customer_support_common",
+        "tasks/customer_support/utils.py",
+        "trainers/presets/ci.yaml",
+        "harness/registry.yaml",
+        "harness/placeholders.yaml",
+    ):
         assert needed in names, needed

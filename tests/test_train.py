@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import fixture_rows, write_csv
+from conftest import fixture_rows, tiny_config, write_csv
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -29,16 +29,16 @@ def run_with_data(tmp_path) -> Path:
     return run
 
 
-def tiny_config(model_dir: Path, **overrides) -> TrainConfig:
-    values = dict(model=str(model_dir), template="seed", max_steps=4, batch_size=4, gradient_accumulation=1,
-                  save_steps=2, max_eval_examples=8, learning_rate=1e-3, logging_steps=1)
-    return TrainConfig(**{**values, **overrides})
-
-
 def test_tiny_model_trains_into_a_complete_run_folder(tiny_model_dir, run_with_data):
     manifest = train(tiny_config(tiny_model_dir), run_with_data)
-    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "train.json",
-                 "loss_history.json", "loss_curve.png", "train_config.json"):
+    for name in (
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "train.json",
+        "loss_history.json",
+        "loss_curve.png",
+        "train_config.json",
+    ):
         assert (run_with_data / name).is_file(), name
     assert manifest["steps"] == 4 and manifest["tokens_seen"] > 0
     assert manifest["final_train_loss"] > 0 and manifest["final_eval_loss"] > 0
@@ -53,14 +53,15 @@ def test_tiny_model_trains_into_a_complete_run_folder(tiny_model_dir, run_with_d
 
 
 def test_loss_is_on_completion_tokens_only(tiny_model_dir, run_with_data):
-    from trainers.lora import SpeedKnobs, make_trainer
     from harness.device import pick_device
     from harness.models import load_model
+    from trainers.lora import SpeedKnobs, make_trainer
 
     model, tokenizer = load_model(str(tiny_model_dir))
     rows = [{"instruction": "please help me cancel order", "response": "Sure, I can help."}]
-    trainer = make_trainer(tiny_config(tiny_model_dir), model, tokenizer, rows, [], run_with_data / "ck", pick_device(),
-                           SpeedKnobs(max_length=64))
+    trainer = make_trainer(
+        tiny_config(tiny_model_dir), model, tokenizer, rows, [], run_with_data / "ck", pick_device(), SpeedKnobs(max_length=64)
+    )
     example = trainer.train_dataset[0]
     prompt_len = len(tokenizer("### Customer: please help me cancel order\n### Support Agent:")["input_ids"])
     batch = trainer.data_collator([example])
@@ -71,11 +72,14 @@ def test_loss_is_on_completion_tokens_only(tiny_model_dir, run_with_data):
     assert labels[-1] == tokenizer.eos_token_id
 
 
-@pytest.mark.parametrize("overrides, error", [
-    ({"lora_r": 0}, "lora_r=0"),
-    ({"learning_rate": -1.0}, "learning_rate"),
-    ({"lora_targets": []}, "lora_targets"),
-])
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        ({"lora_r": 0}, "lora_r=0"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"lora_targets": []}, "lora_targets"),
+    ],
+)
 def test_bad_config_values_are_rejected(overrides, error):
     with pytest.raises(SupportBenchError, match=error):
         TrainConfig(**overrides).validate()

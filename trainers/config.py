@@ -47,11 +47,17 @@ class TrainConfig:
     def validate(self) -> None:
         """Reject impossible values before any model is loaded."""
         checks = {
-            "lora_r": self.lora_r > 0, "lora_alpha": self.lora_alpha > 0, "lora_dropout": 0 <= self.lora_dropout < 1,
-            "learning_rate": self.learning_rate > 0, "batch_size": self.batch_size > 0,
-            "gradient_accumulation": self.gradient_accumulation > 0, "epochs": self.epochs > 0 or self.max_steps > 0,
-            "max_length_percentile": 50 <= self.max_length_percentile <= 100, "save_steps": self.save_steps > 0,
-            "warmup_ratio": 0 <= self.warmup_ratio < 1, "max_length": self.max_length is None or self.max_length >= 16,
+            "lora_r": self.lora_r > 0,
+            "lora_alpha": self.lora_alpha > 0,
+            "lora_dropout": 0 <= self.lora_dropout < 1,
+            "learning_rate": self.learning_rate > 0,
+            "batch_size": self.batch_size > 0,
+            "gradient_accumulation": self.gradient_accumulation > 0,
+            "epochs": self.epochs > 0 or self.max_steps > 0,
+            "max_length_percentile": 50 <= self.max_length_percentile <= 100,
+            "save_steps": self.save_steps > 0,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "max_length": self.max_length is None or self.max_length >= 16,
             "lora_targets": self.lora_targets == "all-linear" or (isinstance(self.lora_targets, list) and self.lora_targets),
         }
         bad = [name for name, ok in checks.items() if not ok]

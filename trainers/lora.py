@@ -6,14 +6,13 @@ import dataclasses
 import io
 import math
 import random
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.data import DataConfig, load_split, prepare, resolve_source
-from harness.device import DeviceChoice, pick_device
+from harness.device import DeviceChoice, peak_memory, pick_device
 from harness.io import SupportBenchError, atomic_write_bytes, read_json, staged_dir, write_json
 from harness.models import load_model, resolve
 from harness.templates import Turn, get_template
@@ -54,7 +53,10 @@ def build_examples(rows: list[dict[str, Any]], template_name: str, tokenizer: An
     """Prompt-completion pairs in the chosen template."""
     template = get_template(template_name)
     return [
-        {"prompt": template.prompt([Turn(r["instruction"])], tokenizer), "completion": template.completion(r["response"], tokenizer)}
+        {
+            "prompt": template.prompt([Turn(r["instruction"])], tokenizer),
+            "completion": template.completion(r["response"], tokenizer),
+        }
         for r in rows
     ]
 
@@ -70,8 +72,13 @@ def choose_max_length(lengths: list[int], percentile: float) -> tuple[int, dict[
     pick = lambda q: ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)]  # noqa: E731
     max_length = int(math.ceil(pick(percentile) / 8) * 8)
     stats = {
-        "p50": pick(50), "p90": pick(90), "p99": pick(99), "max": ordered[-1], "percentile": percentile,
-        "max_length": max_length, "truncated_examples": sum(n > max_length for n in lengths),
+        "p50": pick(50),
+        "p90": pick(90),
+        "p99": pick(99),
+        "max": ordered[-1],
+        "percentile": percentile,
+        "max_length": max_length,
+        "truncated_examples": sum(n > max_length for n in lengths),
     }
     return max_length, stats
 
@@ -88,9 +95,17 @@ def check_lora_targets(model: Any, targets: list[str] | str) -> None:
         raise SupportBenchError(f"LoRA target(s) {missing} not found in the model; its linear layers are {sorted(linear)}")
 
 
-def make_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_rows: list[dict[str, Any]],
-                 eval_rows: list[dict[str, Any]], out_dir: Path, device: DeviceChoice, knobs: SpeedKnobs,
-                 callbacks: list[Any] | None = None) -> Any:
+def make_trainer(
+    config: TrainConfig,
+    model: Any,
+    tokenizer: Any,
+    train_rows: list[dict[str, Any]],
+    eval_rows: list[dict[str, Any]],
+    out_dir: Path,
+    device: DeviceChoice,
+    knobs: SpeedKnobs,
+    callbacks: list[Any] | None = None,
+) -> Any:
     """An SFTTrainer with LoRA, configured from the typed config, the device choice and the speed knobs."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -138,12 +153,19 @@ def make_trainer(config: TrainConfig, model: Any, tokenizer: Any, train_rows: li
         disable_tqdm=True,
     )
     peft_config = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=config.lora_targets, task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_targets,
+        task_type="CAUSAL_LM",
     )
     return SFTTrainer(
-        model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
-        train_dataset=to_dataset(train_rows), eval_dataset=to_dataset(eval_rows) if eval_rows else None,
+        model=model,
+        args=args,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        train_dataset=to_dataset(train_rows),
+        eval_dataset=to_dataset(eval_rows) if eval_rows else None,
         callbacks=callbacks,
     )
 
@@ -165,16 +187,6 @@ def _package_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def peak_memory() -> dict[str, float]:
-    """Peak resident memory of this process (and peak CUDA allocation when a GPU is used), in MiB."""
-    import torch
-
-    peak = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if torch.cuda.is_available():
-        peak["cuda_peak_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return peak
 
 
 def _start_or_resume(run_dir: Path, config: TrainConfig, resume: bool) -> str | None:
@@ -210,7 +222,7 @@ def save_loss_curve(history: list[dict[str, Any]], path: Path) -> None:
     for key, label in (("loss", "train loss"), ("eval_loss", "validation loss")):
         points = [(h["step"], h[key]) for h in history if key in h]
         if points:
-            ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
+            ax.plot(*zip(*points, strict=True), marker="o" if key == "eval_loss" else None, label=label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -231,8 +243,9 @@ def _finished_run(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
     return manifest
 
 
-def train(config: TrainConfig, run_dir: Path, resume: bool = False, data: str | None = None,
-          reuse: bool = False) -> dict[str, Any]:
+def train(
+    config: TrainConfig, run_dir: Path, resume: bool = False, data: str | None = None, reuse: bool = False
+) -> dict[str, Any]:
     """Run LoRA SFT into run_dir and return the run manifest; with reuse, return a finished identical run as is."""
     import torch
     from transformers.trainer_callback import ProgressCallback
@@ -257,8 +270,17 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, data: str | 
         max_length, length_stats["max_length"] = config.max_length, config.max_length
         length_stats["truncated_examples"] = sum(n > max_length for n in lengths)
     progress = ProgressBar()
-    trainer = make_trainer(config, model, tokenizer, train_rows, eval_rows, run_dir / CHECKPOINT_DIR, device,
-                           knobs_for(device, max_length), callbacks=[progress])
+    trainer = make_trainer(
+        config,
+        model,
+        tokenizer,
+        train_rows,
+        eval_rows,
+        run_dir / CHECKPOINT_DIR,
+        device,
+        knobs_for(device, max_length),
+        callbacks=[progress],
+    )
     trainer.remove_callback(ProgressCallback)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=last_checkpoint)
@@ -281,12 +303,20 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False, data: str | 
         "config": dataclasses.asdict(config),
         "template": template,
         "resumed_from": last_checkpoint,
-        "data": {"dir": DATA_DIR, **{k: read_json(data_dir / "manifest.json")["splits"][k]["sha256"] for k in ("train", "validation", "test")}},
+        "data": {
+            "dir": DATA_DIR,
+            **{k: read_json(data_dir / "manifest.json")["splits"][k]["sha256"] for k in ("train", "validation", "test")},
+        },
         "train_examples": len(train_rows),
         "eval_examples": len(eval_rows),
         "token_lengths": length_stats,
-        "device": {"device": device.device, "dtype": device.dtype_name, "attn": device.attn_implementation,
-                   "gradient_checkpointing": device.gradient_checkpointing, "torch_threads": torch.get_num_threads()},
+        "device": {
+            "device": device.device,
+            "dtype": device.dtype_name,
+            "attn": device.attn_implementation,
+            "gradient_checkpointing": device.gradient_checkpointing,
+            "torch_threads": torch.get_num_threads(),
+        },
         "packages": _package_versions(),
         "parameters": {"trainable": int(trainable), "total": int(total), "trainable_share": round(trainable / total, 5)},
         "steps": trainer.state.global_step,
@@ -309,7 +339,8 @@ def summary_lines(manifest: dict[str, Any], run_dir: Path) -> list[str]:
     p, c = manifest["parameters"], manifest["config"]
     return [
         f"run          {run_dir}",
-        f"model        {c['model']} ({manifest['template']} template) on {manifest['device']['device']} {manifest['device']['dtype']}",
+        f"model        {c['model']} ({manifest['template']} template) "
+        f"on {manifest['device']['device']} {manifest['device']['dtype']}",
         f"lora         r={c['lora_r']} alpha={c['lora_alpha']} targets={c['lora_targets']} lr={c['learning_rate']}",
         f"parameters   {p['trainable']:,} trainable of {p['total']:,} ({p['trainable_share']:.2%})",
         f"data         {manifest['train_examples']} train / {manifest['eval_examples']} validation examples, "
@@ -320,4 +351,3 @@ def summary_lines(manifest: dict[str, Any], run_dir: Path) -> list[str]:
         f"memory       peak RSS {manifest['memory']['peak_rss_mib']} MiB",
         f"adapter      {run_dir / manifest['adapter']}",
     ]
-

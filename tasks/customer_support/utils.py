@@ -40,7 +40,7 @@ def _rows(metadata: dict[str, Any]) -> list[dict[str, Any]]:
 def _tokenizer(metadata: dict[str, Any]) -> Any:
     source = metadata.get("tokenizer") or metadata.get("pretrained")
     if not source or not isinstance(source, str):
-        raise SupportBenchError("customer_support tasks need a tokenizer: pass --metadata '{\"tokenizer\": \"<id or dir>\"}'")
+        raise SupportBenchError('customer_support tasks need a tokenizer: pass --metadata \'{"tokenizer": "<id or dir>"}\'')
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(source)
@@ -57,13 +57,20 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
         prompt = template.prompt([Turn(row["instruction"])], tokenizer)
         target = template.target(row["response"])
         context = prompt.rstrip()  # lm-eval moves the prompt's trailing spaces into the continuation
-        docs.append({
-            "id": row["id"], "category": row["category"], "intent": row["intent"],
-            "instruction": row["instruction"], "reference": row["response"],
-            "prompt": prompt, "target": target, "stop": stops,
-            "target_tokens": len(encode(prompt + target)) - len(encode(context)),
-            "prompt_tokens": len(encode(prompt)),
-        })
+        docs.append(
+            {
+                "id": row["id"],
+                "category": row["category"],
+                "intent": row["intent"],
+                "instruction": row["instruction"],
+                "reference": row["response"],
+                "prompt": prompt,
+                "target": target,
+                "stop": stops,
+                "target_tokens": len(encode(prompt + target)) - len(encode(context)),
+                "prompt_tokens": len(encode(prompt)),
+            }
+        )
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
@@ -83,7 +90,7 @@ def process_gen(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
 
 def bleu(items: list[tuple[str, str]]) -> float:
     """Aggregate (prediction, reference) pairs into corpus BLEU-4."""
-    predictions, references = zip(*items)
+    predictions, references = zip(*items, strict=True)
     return corpus_bleu(list(predictions), list(references))
 
 

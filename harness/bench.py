@@ -1,0 +1,177 @@
+"""Latency and memory measurements for base, base+LoRA (unmerged) and merged models of a run."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.data import load_split
+from harness.device import pick_device
+from harness.io import SupportBenchError, read_json, write_json
+from harness.models import load_model, materialize, resolve
+from harness.templates import Turn, get_template
+
+VARIANTS = ("base", "lora", "merged")
+BENCH_DIR = "bench"
+
+
+class TokenClock:
+    """A generate() streamer that timestamps every new token (the first call carries the prompt)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.stamps: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        """Record a timestamp for each chunk after the prompt."""
+        if self._prompt_seen:
+            self.stamps.append(time.perf_counter())
+        self._prompt_seen = True
+
+    def end(self) -> None:
+        """Nothing to flush."""
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, torch threads and device, recorded beside every figure."""
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    device = pick_device()
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device.device,
+            "dtype": device.dtype_name, "torch": torch.__version__, "python": platform.python_version()}
+    if device.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def bench_queries(run_dir: Path, count: int) -> list[str]:
+    """A fixed set of customer queries: the first `count` rows of the run's test split."""
+    rows = load_split(Path(run_dir) / "data", "test")
+    return [r["instruction"] for r in rows[:count]]
+
+
+def load_variant(run_dir: Path, variant: str) -> tuple[Any, Any, float]:
+    """Load base, base+adapter (unmerged) or the merged model; return (model, tokenizer, seconds)."""
+    if variant not in VARIANTS:
+        raise SupportBenchError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    train = read_json(Path(run_dir) / "train.json")
+    started = time.perf_counter()
+    model, tokenizer = load_model(train["config"]["model"])
+    if variant != "base":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, Path(run_dir) / train["adapter"])
+        if variant == "merged":
+            model = model.merge_and_unload()
+    model.eval()
+    return model, tokenizer, time.perf_counter() - started
+
+
+def cold_materialize_seconds(model_name: str, cache: Path) -> float:
+    """Seconds to materialize a bundled GGUF into an empty cache."""
+    spec = resolve(model_name)
+    previous = os.environ.get("SUPPORTBENCH_CACHE")
+    os.environ["SUPPORTBENCH_CACHE"] = str(cache)
+    try:
+        started = time.perf_counter()
+        materialize(spec)
+        return time.perf_counter() - started
+    finally:
+        if previous is None:
+            os.environ.pop("SUPPORTBENCH_CACHE")
+        else:
+            os.environ["SUPPORTBENCH_CACHE"] = previous
+
+
+def prompts_for(run_dir: Path, tokenizer: Any, queries: list[str]) -> list[str]:
+    """Render queries in the run's template."""
+    template = get_template(read_json(Path(run_dir) / "train.json")["template"])
+    return [template.prompt([Turn(q)], tokenizer) for q in queries]
+
+
+@torch.inference_mode()
+def timed_reply(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> dict[str, float]:
+    """Greedy-generate one reply; return time to first token, per-token decode latency and end-to-end time."""
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    clock = TokenClock()
+    model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=clock,
+                   pad_token_id=tokenizer.pad_token_id)
+    done = time.perf_counter()
+    stamps = clock.stamps
+    decode = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
+    return {"ttft_s": stamps[0] - clock.started, "decode_s_per_token": decode, "e2e_s": done - clock.started,
+            "new_tokens": len(stamps)}
+
+
+@torch.inference_mode()
+def batched_tokens_per_s(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> float:
+    """New tokens per second when all prompts are generated as one left-padded batch."""
+    tokenizer.padding_side = "left"
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    started = time.perf_counter()
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    elapsed = time.perf_counter() - started
+    new = output[:, inputs["input_ids"].shape[1]:]
+    produced = int((new != tokenizer.pad_token_id).sum())
+    return produced / elapsed
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def summarize_replies(timings: list[dict[str, float]]) -> dict[str, float]:
+    """p50/p95 end-to-end latency, median TTFT and decode latency, batch-1 tokens/s."""
+    e2e = [t["e2e_s"] for t in timings]
+    return {
+        "replies": len(timings),
+        "e2e_p50_s": statistics.median(e2e), "e2e_p95_s": percentile(e2e, 95),
+        "ttft_p50_s": statistics.median(t["ttft_s"] for t in timings),
+        "decode_ms_per_token_p50": 1000 * statistics.median(t["decode_s_per_token"] for t in timings),
+        "tokens_per_s_batch1": sum(t["new_tokens"] for t in timings) / sum(e2e),
+    }
+
+
+def run_suite(run_dir: Path, quick: bool) -> dict[str, Any]:
+    """Run the pytest-benchmark suite against a run; write its JSON and a summary into RUN/bench/."""
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / "train.json").is_file():
+        raise SupportBenchError(f"{run_dir} holds no finished training run (train.json); run `supportbench train` first")
+    out = run_dir / BENCH_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / "pytest_benchmark.json"
+    env = {**os.environ, "SUPPORTBENCH_BENCH_RUN": str(run_dir), "SUPPORTBENCH_BENCH_QUICK": "1" if quick else "0"}
+    command = [sys.executable, "-m", "pytest", str(Path(__file__).with_name("latency_suite.py")), "-q", "-p", "no:cacheprovider",
+               "--benchmark-enable", "--benchmark-only", f"--benchmark-json={raw}", "-o", "addopts=", "--rootdir", str(out)]
+    if subprocess.run(command, env=env).returncode != 0:
+        raise SupportBenchError(f"the benchmark suite failed; see the output above ({raw} may be incomplete)")
+    summary = summarize_benchmarks(read_json(raw))
+    summary.update({"machine": machine_info(), "quick": quick, "queries": bench_queries(run_dir, 3 if quick else 8)})
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def summarize_benchmarks(raw: dict[str, Any]) -> dict[str, Any]:
+    """Fold pytest-benchmark JSON into one row per variant."""
+    rows: dict[str, dict[str, Any]] = {v: {} for v in VARIANTS}
+    for bench in raw["benchmarks"]:
+        info, stats = bench["extra_info"], bench["stats"]
+        row = rows[info["variant"]]
+        if info["measure"] in ("cold_load", "warm_load"):
+            row[f"{info['measure']}_s"] = stats["median"]
+        else:
+            row.update({k: v for k, v in info.items() if k not in ("variant", "measure")})
+    return {"variants": rows, "pytest_benchmark": {"version": raw.get("version"), "datetime": raw.get("datetime")}}

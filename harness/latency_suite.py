@@ -1,0 +1,80 @@
+"""pytest-benchmark suite behind `supportbench bench`: load, reply latency, throughput and memory per variant.
+
+Run through `supportbench bench --run RUN`, which sets SUPPORTBENCH_BENCH_RUN and collects the JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from harness.bench import (
+    VARIANTS,
+    batched_tokens_per_s,
+    bench_queries,
+    cold_materialize_seconds,
+    load_variant,
+    prompts_for,
+    summarize_replies,
+    timed_reply,
+)
+from harness.device import peak_memory, reset_peak_memory
+from harness.io import read_json
+from harness.models import resolve
+
+RUN = Path(os.environ.get("SUPPORTBENCH_BENCH_RUN", "."))
+QUICK = os.environ.get("SUPPORTBENCH_BENCH_QUICK") == "1"
+QUERIES = 3 if QUICK else 8
+MAX_NEW_TOKENS = 16 if QUICK else 64
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def loaded(request):
+    """One variant's model and tokenizer, with peak memory tracked from just before its load."""
+    reset_peak_memory()
+    model, tokenizer, _ = load_variant(RUN, request.param)
+    yield request.param, model, tokenizer
+    del model
+
+
+def test_cold_load(benchmark):
+    """First materialization of a bundled GGUF into an empty cache."""
+    model_name = read_json(RUN / "train.json")["config"]["model"]
+    if resolve(model_name).source != "gguf":
+        pytest.skip(f"{model_name} needs no conversion")
+    with tempfile.TemporaryDirectory() as cache:
+        benchmark.pedantic(cold_materialize_seconds, args=(model_name, Path(cache)), rounds=1, iterations=1)
+    benchmark.extra_info.update({"variant": "base", "measure": "cold_load"})
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_warm_load(benchmark, variant):
+    """Loading from the materialized cache (plus adapter load and merge where the variant needs them)."""
+    benchmark.pedantic(load_variant, args=(RUN, variant), rounds=2, iterations=1, warmup_rounds=0)
+    benchmark.extra_info.update({"variant": variant, "measure": "warm_load"})
+
+
+def test_reply_latency(benchmark, loaded):
+    """Batch-1 greedy replies to the fixed queries: TTFT, per-token decode latency, p50/p95 end to end."""
+    variant, model, tokenizer = loaded
+    prompts = iter(prompts_for(RUN, tokenizer, bench_queries(RUN, QUERIES)))
+    timings = []
+
+    def one_reply():
+        timings.append(timed_reply(model, tokenizer, next(prompts), MAX_NEW_TOKENS))
+
+    benchmark.pedantic(one_reply, rounds=QUERIES, iterations=1)
+    benchmark.extra_info.update({"variant": variant, "measure": "reply", "max_new_tokens": MAX_NEW_TOKENS,
+                                 **summarize_replies(timings)})
+
+
+def test_batched_throughput(benchmark, loaded):
+    """New tokens per second with all queries in one left-padded batch; peak memory of the variant."""
+    variant, model, tokenizer = loaded
+    prompts = prompts_for(RUN, tokenizer, bench_queries(RUN, QUERIES))
+    rate = benchmark.pedantic(batched_tokens_per_s, args=(model, tokenizer, prompts, MAX_NEW_TOKENS), rounds=1, iterations=1)
+    benchmark.extra_info.update({"variant": variant, "measure": "batched", "batch": len(prompts),
+                                 "tokens_per_s_batched": rate, **peak_memory()})

@@ -1,0 +1,144 @@
+"""Training-throughput benchmark: the notebook's SFT recipe against ours, one change at a time.
+
+    python -m trainers.throughput --run RUN [--preset ci] [--steps 3] [--out FILE]
+
+Writes JSON with non-padding tokens/s and examples/s per arm, each arm's gain over the one before,
+and the overall ratio of ours to the notebook's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.data import load_split
+from harness.device import pick_device
+from harness.io import SupportBenchError, write_json
+from harness.models import load_model, resolve
+from trainers.config import TrainConfig, load_config
+from trainers.lora import SpeedKnobs, build_examples, choose_max_length, ensure_data, make_trainer, token_lengths
+
+NOTEBOOK_BATCH, NOTEBOOK_ACCUMULATION, TRL_DEFAULT_MAX_LENGTH = 2, 8, 1024
+
+
+def arms(max_length: int, batch_size: int) -> list[tuple[str, str, SpeedKnobs, int]]:
+    """(name, change, knobs, per-device batch) for each arm, each adding one change to the one before."""
+    notebook = SpeedKnobs(
+        completion_only=False, gradient_checkpointing=True, group_by_length=False, max_length=TRL_DEFAULT_MAX_LENGTH
+    )
+    no_ckpt = dataclasses.replace(notebook, gradient_checkpointing=False)
+    grouped = dataclasses.replace(no_ckpt, group_by_length=True)
+    ours = SpeedKnobs(completion_only=True, gradient_checkpointing=False, group_by_length=True, max_length=max_length)
+    return [
+        (
+            "notebook",
+            "SFTTrainer on full text, fp32, batch 2 x accumulation 8, TRL defaults (gradient checkpointing on)",
+            notebook,
+            NOTEBOOK_BATCH,
+        ),
+        ("no_checkpointing", "gradient checkpointing off (CPU has memory to spare)", no_ckpt, NOTEBOOK_BATCH),
+        ("length_grouped", "length-grouped batches", grouped, NOTEBOOK_BATCH),
+        (
+            "ours",
+            f"batch {batch_size}, prompt-completion loss, max_length {max_length} from the length distribution",
+            ours,
+            batch_size,
+        ),
+    ]
+
+
+def measure(
+    config: TrainConfig, rows: list[dict[str, Any]], knobs: SpeedKnobs, batch: int, steps: int, workdir: Path
+) -> dict[str, Any]:
+    """Train `steps` optimizer steps of `effective batch` examples and time them."""
+    device = pick_device()
+    model, tokenizer = load_model(config.model, device)
+    arm_config = dataclasses.replace(
+        config,
+        batch_size=batch,
+        gradient_accumulation=config.effective_batch // batch,
+        max_steps=steps,
+        save_steps=10**6,
+        logging_steps=10**6,
+    )
+    trainer = make_trainer(arm_config, model, tokenizer, rows, [], workdir, device, knobs)
+    started = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - started
+    tokens = int(trainer.state.num_input_tokens_seen)
+    examples = steps * arm_config.effective_batch
+    return {
+        "wall_s": round(wall, 1),
+        "non_padding_tokens": tokens,
+        "examples": examples,
+        "tokens_per_s": round(tokens / wall, 1),
+        "examples_per_s": round(examples / wall, 3),
+    }
+
+
+def run_benchmark(run_dir: Path, preset: str, steps: int) -> dict[str, Any]:
+    """Measure every arm on the same model, data and machine."""
+    config = load_config(preset)
+    if config.effective_batch % NOTEBOOK_BATCH:
+        raise SupportBenchError(f"effective batch {config.effective_batch} must be a multiple of {NOTEBOOK_BATCH}")
+    data_dir = ensure_data(run_dir, None)
+    rows = random.Random(config.seed).sample(load_split(data_dir, "train"), steps * config.effective_batch)
+    _, tokenizer = load_model(config.model)
+    template = config.template or resolve(config.model).template
+    max_length, _ = choose_max_length(
+        token_lengths(build_examples(rows, template, tokenizer), tokenizer), config.max_length_percentile
+    )
+    results = []
+    for name, change, knobs, batch in arms(max_length, config.batch_size):
+        print(f"[{name}] {change}", flush=True)
+        result = measure(config, rows, knobs, batch, steps, run_dir / "bench" / f"ck-{name}")
+        previous = results[-1]["tokens_per_s"] if results else result["tokens_per_s"]
+        results.append(
+            {"arm": name, "change": change, **result, "gain_over_previous": round(result["tokens_per_s"] / previous, 2)}
+        )
+        print(f"    {result['tokens_per_s']} tok/s, {result['examples_per_s']} examples/s", flush=True)
+    return {
+        "model": config.model,
+        "preset": preset,
+        "optimizer_steps": steps,
+        "effective_batch": config.effective_batch,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "device": pick_device().device,
+            "torch": torch.__version__,
+        },
+        "arms": results,
+        "ratio_tokens_per_s": round(results[-1]["tokens_per_s"] / results[0]["tokens_per_s"], 2),
+        "ratio_examples_per_s": round(results[-1]["examples_per_s"] / results[0]["examples_per_s"], 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="run folder (its prepared split is used, or prepared)")
+    parser.add_argument("--preset", default="ci")
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per arm")
+    parser.add_argument("--out", help="JSON output (default: RUN/bench/train_throughput.json)")
+    args = parser.parse_args(argv)
+    try:
+        result = run_benchmark(Path(args.run), args.preset, args.steps)
+    except SupportBenchError as err:
+        print(f"throughput: error: {err}", file=sys.stderr)
+        return 2
+    write_json(Path(args.out or Path(args.run) / "bench" / "train_throughput.json"), result)
+    print(f"ours / notebook: {result['ratio_tokens_per_s']}x tokens/s, {result['ratio_examples_per_s']}x examples/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
