@@ -45,11 +45,22 @@ def machine_info() -> dict[str, Any]:
     """CPU model, cores, torch threads and device, recorded beside every figure."""
     cpu = platform.processor() or platform.machine()
     if Path("/proc/cpuinfo").is_file():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     device = pick_device()
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device.device,
-            "dtype": device.dtype_name, "torch": torch.__version__, "python": platform.python_version()}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device.device,
+        "dtype": device.dtype_name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     if device.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -105,13 +116,16 @@ def timed_reply(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) ->
     """Greedy-generate one reply; return time to first token, per-token decode latency and end-to-end time."""
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
     clock = TokenClock()
-    model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=clock,
-                   pad_token_id=tokenizer.pad_token_id)
+    model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=clock, pad_token_id=tokenizer.pad_token_id)
     done = time.perf_counter()
     stamps = clock.stamps
     decode = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
-    return {"ttft_s": stamps[0] - clock.started, "decode_s_per_token": decode, "e2e_s": done - clock.started,
-            "new_tokens": len(stamps)}
+    return {
+        "ttft_s": stamps[0] - clock.started,
+        "decode_s_per_token": decode,
+        "e2e_s": done - clock.started,
+        "new_tokens": len(stamps),
+    }
 
 
 @torch.inference_mode()
@@ -122,7 +136,7 @@ def batched_tokens_per_s(model: Any, tokenizer: Any, prompts: list[str], max_new
     started = time.perf_counter()
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     elapsed = time.perf_counter() - started
-    new = output[:, inputs["input_ids"].shape[1]:]
+    new = output[:, inputs["input_ids"].shape[1] :]
     produced = int((new != tokenizer.pad_token_id).sum())
     return produced / elapsed
 
@@ -138,7 +152,8 @@ def summarize_replies(timings: list[dict[str, float]]) -> dict[str, float]:
     e2e = [t["e2e_s"] for t in timings]
     return {
         "replies": len(timings),
-        "e2e_p50_s": statistics.median(e2e), "e2e_p95_s": percentile(e2e, 95),
+        "e2e_p50_s": statistics.median(e2e),
+        "e2e_p95_s": percentile(e2e, 95),
         "ttft_p50_s": statistics.median(t["ttft_s"] for t in timings),
         "decode_ms_per_token_p50": 1000 * statistics.median(t["decode_s_per_token"] for t in timings),
         "tokens_per_s_batch1": sum(t["new_tokens"] for t in timings) / sum(e2e),
@@ -154,8 +169,22 @@ def run_suite(run_dir: Path, quick: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "pytest_benchmark.json"
     env = {**os.environ, "SUPPORTBENCH_BENCH_RUN": str(run_dir), "SUPPORTBENCH_BENCH_QUICK": "1" if quick else "0"}
-    command = [sys.executable, "-m", "pytest", str(Path(__file__).with_name("latency_suite.py")), "-q", "-p", "no:cacheprovider",
-               "--benchmark-enable", "--benchmark-only", f"--benchmark-json={raw}", "-o", "addopts=", "--rootdir", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(Path(__file__).with_name("latency_suite.py")),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-enable",
+        "--benchmark-only",
+        f"--benchmark-json={raw}",
+        "-o",
+        "addopts=",
+        "--rootdir",
+        str(out),
+    ]
     if subprocess.run(command, env=env).returncode != 0:
         raise SupportBenchError(f"the benchmark suite failed; see the output above ({raw} may be incomplete)")
     summary = summarize_benchmarks(read_json(raw))

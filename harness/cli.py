@@ -69,13 +69,45 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from harness.bench import run_suite
 
     summary = run_suite(Path(args.run), quick=args.quick)
-    print(f"{'variant':<8}{'warm load s':>12}{'TTFT s':>9}{'ms/token':>10}{'p50 s':>8}{'p95 s':>8}{'tok/s b1':>10}"
-          f"{'tok/s batch':>12}{'peak RSS MiB':>14}")
+    print(
+        f"{'variant':<8}{'warm load s':>12}{'TTFT s':>9}{'ms/token':>10}{'p50 s':>8}{'p95 s':>8}{'tok/s b1':>10}"
+        f"{'tok/s batch':>12}{'peak RSS MiB':>14}"
+    )
     for name, row in summary["variants"].items():
-        print(f"{name:<8}{row['warm_load_s']:>12.2f}{row['ttft_p50_s']:>9.3f}{row['decode_ms_per_token_p50']:>10.1f}"
-              f"{row['e2e_p50_s']:>8.2f}{row['e2e_p95_s']:>8.2f}{row['tokens_per_s_batch1']:>10.1f}"
-              f"{row['tokens_per_s_batched']:>12.1f}{row['peak_rss_mib']:>14.0f}")
+        print(
+            f"{name:<8}{row['warm_load_s']:>12.2f}{row['ttft_p50_s']:>9.3f}{row['decode_ms_per_token_p50']:>10.1f}"
+            f"{row['e2e_p50_s']:>8.2f}{row['e2e_p95_s']:>8.2f}{row['tokens_per_s_batch1']:>10.1f}"
+            f"{row['tokens_per_s_batched']:>12.1f}{row['peak_rss_mib']:>14.0f}"
+        )
     print(f"written to {Path(args.run) / 'bench'}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Render report.html and report.md for a run, or a comparison of several runs."""
+    from reports.render import write_comparison, write_run_report
+
+    paths = write_comparison([Path(args.run), *map(Path, args.compare)], Path(args.run)) if args.compare else []
+    paths += write_run_report(Path(args.run))
+    print("\n".join(f"wrote {p}" for p in paths))
+
+
+def cmd_rank(args: argparse.Namespace) -> None:
+    """Train, evaluate and benchmark several base models and render a leaderboard."""
+    from harness.rank import RankConfig, rank
+    from reports.render import write_leaderboard
+
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if not models:
+        raise SupportBenchError("--models needs at least one model")
+    config = RankConfig(
+        models=models, preset=args.preset, metric=args.metric, limit=args.limit, max_steps=args.max_steps, data=args.data
+    )
+    board = rank(config, Path(args.out))
+    for path in write_leaderboard(board, Path(args.out)):
+        print(f"wrote {path}")
+    for row in board["rows"]:
+        shown = f"{row['finetuned'][args.metric]:.4f}" if row["status"] == "ok" else row["error"]
+        print(f"{row['model']:<28} {shown}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +178,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="a finished training run folder")
     p.add_argument("--quick", action="store_true", help="3 queries and 16 new tokens instead of 8 and 64")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "report",
+        help="render report.html and report.md for a run (and an experiment comparison)",
+        description="Render the run's JSON files through Jinja2 into report.html (self-contained) and report.md. "
+        "With --compare, also write comparison.html/.md, the notebook's experiment table, for all the runs.",
+    )
+    p.add_argument("--run", required=True, help="a run folder")
+    p.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="other runs to compare with --run")
+    p.set_defaults(func=cmd_report)
+
+    from harness.rank import DEFAULT_MODELS, RANK_METRICS
+
+    p = sub.add_parser(
+        "rank",
+        help="train, score and benchmark several base models with one preset; render a leaderboard",
+        description="For each model: train the preset (reusing a finished run), eval, quick bench; then write "
+        "leaderboard.json, leaderboard.html and leaderboard.md into --out. A failing model is listed with its error.",
+    )
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated aliases, hub ids or folders")
+    p.add_argument("--preset", default="ci")
+    p.add_argument("--out", required=True, help="leaderboard folder (one run folder per model inside)")
+    p.add_argument("--metric", choices=RANK_METRICS, default="rougeL")
+    p.add_argument("--limit", type=int, default=50, help="generation examples per model")
+    p.add_argument("--max-steps", type=int, help="cap training steps per model")
+    p.add_argument("--data", help="data for runs without a prepared split (default: $SUPPORTBENCH_DATA)")
+    p.set_defaults(func=cmd_rank)
 
     p = sub.add_parser(
         "models",

@@ -67,8 +67,9 @@ def test_reply_latency(benchmark, loaded):
         timings.append(timed_reply(model, tokenizer, next(prompts), MAX_NEW_TOKENS))
 
     benchmark.pedantic(one_reply, rounds=QUERIES, iterations=1)
-    benchmark.extra_info.update({"variant": variant, "measure": "reply", "max_new_tokens": MAX_NEW_TOKENS,
-                                 **summarize_replies(timings)})
+    benchmark.extra_info.update(
+        {"variant": variant, "measure": "reply", "max_new_tokens": MAX_NEW_TOKENS, **summarize_replies(timings)}
+    )
 
 
 def test_batched_throughput(benchmark, loaded):
@@ -76,5 +77,6 @@ def test_batched_throughput(benchmark, loaded):
     variant, model, tokenizer = loaded
     prompts = prompts_for(RUN, tokenizer, bench_queries(RUN, QUERIES))
     rate = benchmark.pedantic(batched_tokens_per_s, args=(model, tokenizer, prompts, MAX_NEW_TOKENS), rounds=1, iterations=1)
-    benchmark.extra_info.update({"variant": variant, "measure": "batched", "batch": len(prompts),
-                                 "tokens_per_s_batched": rate, **peak_memory()})
+    benchmark.extra_info.update(
+        {"variant": variant, "measure": "batched", "batch": len(prompts), "tokens_per_s_batched": rate, **peak_memory()}
+    )
