@@ -110,6 +110,13 @@ def cmd_rank(args: argparse.Namespace) -> None:
         print(f"{row['model']:<28} {shown}")
 
 
+def cmd_app(args: argparse.Namespace) -> None:
+    """Serve the Gradio app for a run."""
+    from harness.app import serve
+
+    serve(Path(args.run), port=args.port, share=args.share)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="supportbench", description=__doc__)
@@ -205,6 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="cap training steps per model")
     p.add_argument("--data", help="data for runs without a prepared split (default: $SUPPORTBENCH_DATA)")
     p.set_defaults(func=cmd_rank)
+
+    p = sub.add_parser(
+        "app",
+        help="serve the Gradio assistant (Chat, Base vs Fine-Tuned, Model Performance)",
+        description="Start the Gradio app for a run on 127.0.0.1: the fine-tuned model in Chat, base and fine-tuned side "
+        "by side, and the run's metrics, loss curve, latency and memory.",
+    )
+    p.add_argument("--run", required=True, help="a finished training run folder")
+    p.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or the next free one)")
+    p.add_argument("--share", action="store_true", help="also create a public Gradio share link (off by default)")
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser(
         "models",

@@ -66,8 +66,11 @@ class Template:
         return text[:cut].strip(), True
 
     def sanitize(self, text: str, tokenizer: Any = None) -> str:
-        """Neutralise user text that imitates turn markers, so it cannot break the prompt."""
-        for marker in sorted(set(self.stop_sequences(tokenizer)) | {SEED_CUSTOMER, SEED_AGENT}, key=len, reverse=True):
+        """Neutralise user text that imitates turn markers or special tokens, so it cannot break the prompt."""
+        markers = {*self.stop_sequences(tokenizer), SEED_CUSTOMER, SEED_AGENT, *CHAT_TURN_MARKERS}
+        if tokenizer is not None:
+            markers |= {t for t in tokenizer.all_special_tokens if len(t) > 1}
+        for marker in sorted(markers, key=len, reverse=True):
             text = text.replace(marker, marker.replace("#", "").replace("<", "‹").replace(">", "›").strip())
         return text.strip()
 

@@ -42,8 +42,16 @@ def test_bench_writes_well_formed_json(full_run):
     summary = read_json(full_run / "bench" / "summary.json")
     assert set(summary["variants"]) == set(VARIANTS)
     for row in summary["variants"].values():
-        for key in ("warm_load_s", "ttft_p50_s", "decode_ms_per_token_p50", "e2e_p50_s", "e2e_p95_s",
-                    "tokens_per_s_batch1", "tokens_per_s_batched", "peak_rss_mib"):
+        for key in (
+            "warm_load_s",
+            "ttft_p50_s",
+            "decode_ms_per_token_p50",
+            "e2e_p50_s",
+            "e2e_p95_s",
+            "tokens_per_s_batch1",
+            "tokens_per_s_batched",
+            "peak_rss_mib",
+        ):
             assert isinstance(row[key], float) and row[key] >= 0, key
         assert row["e2e_p95_s"] >= row["e2e_p50_s"]
     assert summary["machine"]["cores"] >= 1 and summary["machine"]["torch_threads"] >= 1
@@ -68,7 +76,7 @@ def test_report_numbers_equal_the_json(full_run):
     assert training["final train loss"] == [fmt(trained["final_train_loss"])]
     assert training["tokens seen"] == [fmt(trained["tokens_seen"])]
     html = (full_run / "report.html").read_text()
-    assert f"<td class=\"num\">{fmt(metrics['metrics']['finetuned']['rougeL'])}</td>" in html
+    assert f'<td class="num">{fmt(metrics["metrics"]["finetuned"]["rougeL"])}</td>' in html
     assert "data:image/png;base64," in html and "<link" not in html and "<script" not in html
 
 
@@ -93,12 +101,21 @@ def test_comparison_table(full_run, tiny_run, tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_report_renders_in_headless_chromium(full_run, tmp_path):
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     page = (full_run / "report.html").as_uri()
     shot = full_run / "report.png"
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1280,2400", page], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1280,2400", page], check=True, capture_output=True, timeout=120
+    )
     assert shot.stat().st_size > 20_000
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page], check=True, capture_output=True, text=True, timeout=120).stdout
     for table in ("metrics", "per-category", "training", "latency", "samples", "data"):

@@ -1,0 +1,134 @@
+"""The Gradio app: Chat, Base vs Fine-Tuned, and Model Performance, all driven by one run folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from harness.assistant import Assistant
+from harness.io import SupportBenchError
+from harness.templates import Turn
+from reports.render import collect_run, render
+
+EXAMPLES = [
+    "I want to cancel my order, how do I do that?",
+    "Where is my refund? It has been two weeks.",
+    "How can I change the shipping address on my order?",
+    "I forgot my password and cannot log in.",
+]
+
+
+def _text(content: Any) -> str:
+    """Message content as plain text (Gradio may hand back a list of typed parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    return str(content)
+
+
+def history_turns(history: list[dict[str, Any]]) -> list[Turn]:
+    """Chatbot messages ({role, content}) as completed customer/agent turns."""
+    turns, pending = [], None
+    for message in history:
+        if message["role"] == "user":
+            pending = _text(message["content"])
+        elif message["role"] == "assistant" and pending is not None:
+            turns.append(Turn(pending, _text(message["content"])))
+            pending = None
+    return turns
+
+
+def chat(assistant: Assistant, message: str, history: list[dict[str, Any]], max_tokens: int) -> Iterator[tuple[list, str]]:
+    """Chat tab handler: stream the fine-tuned reply into the conversation; clears the textbox."""
+    history = list(history or [])
+    try:
+        query = assistant.check_query(message)
+        turns = history_turns(history)
+        history += [{"role": "user", "content": query}, {"role": "assistant", "content": ""}]
+        for partial in assistant.stream(turns, query, finetuned=True, max_new_tokens=int(max_tokens)):
+            history[-1] = {"role": "assistant", "content": partial}
+            yield history, ""
+    except SupportBenchError as err:
+        yield history + [{"role": "assistant", "content": f"⚠️ {err}"}], message or ""
+
+
+def compare(assistant: Assistant, message: str, max_tokens: int) -> tuple[str, str, str, str]:
+    """Base vs Fine-Tuned handler: one query to both models; answers and latencies side by side."""
+    try:
+        base = assistant.reply([], message, finetuned=False, max_new_tokens=int(max_tokens))
+        tuned = assistant.reply([], message, finetuned=True, max_new_tokens=int(max_tokens))
+    except SupportBenchError as err:
+        return f"⚠️ {err}", "", f"⚠️ {err}", ""
+
+    def latency(reply):
+        first = "—" if reply.ttft_seconds is None else f"{reply.ttft_seconds:.2f} s"
+        return f"{reply.seconds:.2f} s total, first token after {first}"
+
+    return base.text, latency(base), tuned.text, latency(tuned)
+
+
+def performance_markdown(run_dir: Path) -> str:
+    """Model Performance tab: the report's Markdown, read from the run's files (missing parts say so)."""
+    return render("report.md.j2", run=collect_run(run_dir)).replace("![loss curve](loss_curve.png)", "")
+
+
+def build_app(run_dir: Path, assistant: Assistant | None = None):
+    """The Gradio Blocks app for a run folder."""
+    import gradio as gr
+
+    assistant = assistant or Assistant(run_dir)
+    curve = Path(run_dir) / "loss_curve.png"
+    with gr.Blocks(title="SupportBench assistant", analytics_enabled=False) as app:
+        gr.Markdown(
+            f"# SupportBench customer-support assistant\nBase model `{assistant.model_name}` with the LoRA adapter of `{run_dir}`."
+        )
+        with gr.Tab("Chat", id="chat"):
+            chatbot = gr.Chatbot(label="Conversation", elem_id="chatbot", height=420)
+            with gr.Row():
+                query = gr.Textbox(label="Your message", placeholder="Ask the support agent…", elem_id="chat-input", scale=5)
+                send = gr.Button("Send", variant="primary", elem_id="chat-send", scale=1)
+            max_tokens = gr.Slider(16, 256, value=120, step=8, label="Max reply tokens")
+            gr.Examples(EXAMPLES, inputs=query)
+            clear = gr.Button("Clear conversation")
+
+            def on_chat(message, history, tokens):
+                yield from chat(assistant, message, history, tokens)
+
+            event = dict(fn=on_chat, inputs=[query, chatbot, max_tokens], outputs=[chatbot, query])
+            send.click(api_name="chat", **event)
+            query.submit(api_name=False, **event)
+            clear.click(lambda: ([], ""), outputs=[chatbot, query], api_name=False)
+        with gr.Tab("Base vs Fine-Tuned", id="compare"):
+            compare_query = gr.Textbox(label="Customer query", elem_id="compare-input")
+            compare_tokens = gr.Slider(16, 256, value=120, step=8, label="Max reply tokens")
+            run_compare = gr.Button("Compare", variant="primary", elem_id="compare-run")
+            with gr.Row():
+                with gr.Column():
+                    base_text = gr.Textbox(label="Base model", lines=8, elem_id="base-answer")
+                    base_latency = gr.Markdown(elem_id="base-latency")
+                with gr.Column():
+                    tuned_text = gr.Textbox(label="Fine-tuned model", lines=8, elem_id="tuned-answer")
+                    tuned_latency = gr.Markdown(elem_id="tuned-latency")
+            run_compare.click(
+                lambda m, t: compare(assistant, m, t),
+                inputs=[compare_query, compare_tokens],
+                outputs=[base_text, base_latency, tuned_text, tuned_latency],
+                api_name="compare",
+            )
+        with gr.Tab("Model Performance", id="performance"):
+            gr.Markdown(performance_markdown(run_dir), elem_id="performance")
+            if curve.is_file():
+                gr.Image(str(curve), label="Loss curve", elem_id="loss-curve", interactive=False)
+    app.queue(default_concurrency_limit=1, max_size=64)
+    return app
+
+
+def serve(run_dir: Path, port: int | None = None, share: bool = False) -> None:
+    """Start the app on localhost (analytics off, no share link unless asked)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    build_app(Path(run_dir)).launch(server_name="127.0.0.1", server_port=port, share=share, show_error=True)
