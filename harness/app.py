@@ -84,9 +84,8 @@ def build_app(run_dir: Path, assistant: Assistant | None = None):
     assistant = assistant or Assistant(run_dir)
     curve = Path(run_dir) / "loss_curve.png"
     with gr.Blocks(title="SupportBench assistant", analytics_enabled=False) as app:
-        gr.Markdown(
-            f"# SupportBench customer-support assistant\nBase model `{assistant.model_name}` with the LoRA adapter of `{run_dir}`."
-        )
+        intro = f"Base model `{assistant.model_name}` with the LoRA adapter of `{run_dir}`."
+        gr.Markdown(f"# SupportBench customer-support assistant\n{intro}")
         with gr.Tab("Chat", id="chat"):
             chatbot = gr.Chatbot(label="Conversation", elem_id="chatbot", height=420)
             with gr.Row():

@@ -81,7 +81,8 @@ class Assistant:
                 return text
             if len(turns) == 1:
                 raise SupportBenchError(
-                    f"Your message needs {size:,} tokens; the limit is {budget:,} with {max_new_tokens} reply tokens. Please shorten it."
+                    f"Your message needs {size:,} tokens; the limit is {budget:,} "
+                    f"with {max_new_tokens} reply tokens. Please shorten it."
                 )
             turns = turns[1:]
 
