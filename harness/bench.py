@@ -204,3 +204,45 @@ def summarize_benchmarks(raw: dict[str, Any]) -> dict[str, Any]:
         else:
             row.update({k: v for k, v in info.items() if k not in ("variant", "measure")})
     return {"variants": rows, "pytest_benchmark": {"version": raw.get("version"), "datetime": raw.get("datetime")}}
+
+
+@torch.inference_mode()
+def notebook_loop_seconds(run_dir: Path, examples: int, max_new_tokens: int = 100) -> dict[str, Any]:
+    """The notebook's eval loop: one example at a time, greedy, base then fine-tuned; wall time per model."""
+    rows = load_split(Path(run_dir) / "data", "test")[:examples]
+    timings = {}
+    for variant in ("base", "lora"):
+        model, tokenizer, _ = load_variant(run_dir, variant)
+        prompts = prompts_for(run_dir, tokenizer, [r["instruction"] for r in rows])
+        started = time.perf_counter()
+        for prompt in prompts:
+            inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+            model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        timings[variant] = time.perf_counter() - started
+    return {
+        "examples": len(rows),
+        "max_new_tokens": max_new_tokens,
+        "seconds": timings,
+        "seconds_per_example": {k: v / len(rows) for k, v in timings.items()},
+        "machine": machine_info(),
+    }
+
+
+def eval_speedup(run_dir: Path, examples: int) -> dict[str, Any]:
+    """Compare the batched lm-eval generation timing of the run's eval with the one-at-a-time loop."""
+    evaluation = read_json(Path(run_dir) / "eval" / "metrics.json")
+    n = evaluation["n"]["base"]["generation"]
+    batched = sum(evaluation["timing_s"][side]["generation"] for side in ("base", "finetuned"))
+    loop = notebook_loop_seconds(run_dir, examples, evaluation["caps"]["max_new_tokens"])
+    loop_estimate = sum(loop["seconds_per_example"].values()) * n
+    result = {
+        "generation_examples": n,
+        "batched_seconds": batched,
+        "batch_size": evaluation["config"]["batch_size"],
+        "one_at_a_time": loop,
+        "one_at_a_time_seconds_for_n": loop_estimate,
+        "speedup": loop_estimate / batched,
+        "measured_examples_one_at_a_time": loop["examples"],
+    }
+    write_json(Path(run_dir) / BENCH_DIR / "eval_speed.json", result)
+    return result

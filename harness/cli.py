@@ -55,6 +55,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise SupportBenchError("--limit must be a positive number of examples")
     config = EvalConfig(
         limit=None if args.full else args.limit,
+        ppl_limit=args.ppl_limit,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         base_model=args.model,
@@ -66,8 +67,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     """Measure load time, latency, throughput and memory of base, LoRA and merged models."""
-    from harness.bench import run_suite
+    from harness.bench import eval_speedup, run_suite
 
+    if args.eval_baseline:
+        speed = eval_speedup(Path(args.run), args.eval_baseline)
+        print(
+            f"batched eval generation: {speed['batched_seconds']:.1f}s for {speed['generation_examples']} examples x 2 models; "
+            f"one at a time: {speed['one_at_a_time_seconds_for_n']:.1f}s (from {speed['measured_examples_one_at_a_time']} "
+            f"measured); speedup {speed['speedup']:.1f}x"
+        )
+        return
     summary = run_suite(Path(args.run), quick=args.quick)
     print(
         f"{'variant':<8}{'warm load s':>12}{'TTFT s':>9}{'ms/token':>10}{'p50 s':>8}{'p95 s':>8}{'tok/s b1':>10}"
@@ -170,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="score another base model (registry alias, hub id or folder) instead of the run's")
     p.add_argument("--limit", type=int, default=50, help="generation examples (default 50, as the notebook)")
     p.add_argument("--full", action="store_true", help="generate for the whole held-out split")
+    p.add_argument("--ppl-limit", type=int, help="perplexity examples (default: the whole split)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--twcs", help="score the out-of-domain TWCS tweet pairs (CSV) instead; written to eval/ood/")
@@ -184,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run", required=True, help="a finished training run folder")
     p.add_argument("--quick", action="store_true", help="3 queries and 16 new tokens instead of 8 and 64")
+    p.add_argument(
+        "--eval-baseline",
+        type=int,
+        metavar="N",
+        help="instead: time the notebook's one-at-a-time generation loop on N test examples against the run's eval",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
@@ -209,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="leaderboard folder (one run folder per model inside)")
     p.add_argument("--metric", choices=RANK_METRICS, default="rougeL")
     p.add_argument("--limit", type=int, default=50, help="generation examples per model")
+    p.add_argument("--ppl-limit", type=int, help="perplexity examples per model (default: the whole split)")
     p.add_argument("--max-steps", type=int, help="cap training steps per model")
     p.add_argument("--data", help="data for runs without a prepared split (default: $SUPPORTBENCH_DATA)")
     p.set_defaults(func=cmd_rank)

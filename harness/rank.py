@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class RankConfig:
     preset: str = "ci"
     metric: str = "rougeL"
     limit: int | None = 50
+    ppl_limit: int | None = None
     max_steps: int | None = None
     data: str | None = None
 
@@ -40,8 +41,9 @@ def rank_one(model: str, out_dir: Path, config: RankConfig) -> dict[str, Any]:
     run = run_folder(out_dir, model)
     train(load_config(config.preset, model=model, max_steps=config.max_steps), run, data=config.data, reuse=True)
     metrics_path = run / "eval" / "metrics.json"
-    if not metrics_path.is_file() or read_json(metrics_path)["config"]["limit"] != config.limit:
-        evaluate_run(run, EvalConfig(limit=config.limit))
+    wanted = EvalConfig(limit=config.limit, ppl_limit=config.ppl_limit)
+    if not metrics_path.is_file() or read_json(metrics_path)["config"] != asdict(wanted):
+        evaluate_run(run, wanted)
     if not (run / "bench" / "summary.json").is_file():
         run_suite(run, quick=True)
     evaluation, bench, trained = read_json(metrics_path), read_json(run / "bench" / "summary.json"), read_json(run / "train.json")

@@ -24,6 +24,7 @@ class EvalConfig:
     """What one eval compares and on how much data."""
 
     limit: int | None = 50  # generation examples; None = the whole split
+    ppl_limit: int | None = None  # perplexity examples; None = the whole split (the default everywhere but rank)
     batch_size: int = 8
     max_new_tokens: int = 100
     base_model: str | None = None  # default: the run's base model
@@ -56,7 +57,7 @@ def _metric(task_results: dict[str, Any], name: str) -> float:
 
 
 def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
-    """Run generation (limited) and both perplexity tasks (whole split) for one model through lm-eval."""
+    """Run generation (limited) and perplexity (whole split unless ppl_limit) for one model through lm-eval."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -79,7 +80,7 @@ def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], 
     t0 = time.perf_counter()
     gen = simple_evaluate(tasks=[GEN_TASK], limit=config.limit, **common)
     t1 = time.perf_counter()
-    ppl = simple_evaluate(tasks=[PPL_TASK], **common)
+    ppl = simple_evaluate(tasks=[PPL_TASK], limit=config.ppl_limit, **common)
     t2 = time.perf_counter()
     gen_results = gen["results"][GEN_TASK]
     budget = lm.max_length - config.max_new_tokens
@@ -175,7 +176,7 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
         "config": asdict(config),
         "leakage_check": leakage,
         "n": {"base": base["n"], "finetuned": tuned["n"]},
-        "caps": {"generation_limit": config.limit, "max_new_tokens": config.max_new_tokens},
+        "caps": {"generation_limit": config.limit, "perplexity_limit": config.ppl_limit, "max_new_tokens": config.max_new_tokens},
         "metrics": {"base": base["metrics"], "finetuned": tuned["metrics"]},
         "delta_pct": {m: delta_pct(base["metrics"][m], tuned["metrics"][m]) for m in base["metrics"]},
         "timing_s": {"base": base["timing_s"], "finetuned": tuned["timing_s"]},

@@ -18,7 +18,7 @@ def test_ci_runs_the_readme_test_command():
     assert command in ci_lines
 
 
-def test_wheel_carries_task_yamls_presets_and_registry(tmp_path):
+def test_wheel_carries_task_yamls_presets_templates_and_registry(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
         check=True,
