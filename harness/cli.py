@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "same split, prompts and greedy decoding; write eval/ into the run folder.",
     )
     p.add_argument("--run", required=True, help="a finished training run folder")
-    p.add_argument("--model", help="score another base model (registry alias, hub id or folder) instead of the run's")
+    p.add_argument("--model", help="score another base model (registry alias, hub id or folder) alone on the run's split")
     p.add_argument("--limit", type=int, default=50, help="generation examples (default 50, as the notebook)")
     p.add_argument("--full", action="store_true", help="generate for the whole held-out split")
     p.add_argument("--ppl-limit", type=int, help="perplexity examples (default: the whole split)")

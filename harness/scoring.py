@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -12,6 +13,7 @@ from typing import Any
 from harness.device import pick_device
 from harness.io import SupportBenchError, read_json, write_json, write_jsonl
 from harness.metrics import ROUGE_TYPES, corpus_bleu
+from harness.models import model_path, resolve
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 GEN_TASK, PPL_TASK = "customer_support_gen", "customer_support_ppl"
@@ -27,7 +29,7 @@ class EvalConfig:
     ppl_limit: int | None = None  # perplexity examples; None = the whole split (the default everywhere but rank)
     batch_size: int = 8
     max_new_tokens: int = 100
-    base_model: str | None = None  # default: the run's base model
+    base_model: str | None = None  # another base model to score alone (no adapter) on the run's split
     twcs: str | None = None  # score the out-of-domain TWCS pairs instead of the Bitext test split
     seed: int = 1234
 
@@ -137,18 +139,18 @@ def delta_pct(base: float, tuned: float) -> float | None:
 
 def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
     """Score base and base+adapter on the run's held-out split and write eval/ into the run folder."""
-    from harness.models import model_path
-
     run_dir = Path(run_dir)
     if not (run_dir / "train.json").is_file():
         raise SupportBenchError(f"{run_dir} holds no finished training run (train.json); run `supportbench train` first")
     leakage = check_no_leakage(run_dir)
     train = read_json(run_dir / "train.json")
-    base_name = config.base_model or train["config"]["model"]
-    path = model_path(base_name)
     metadata = {"template": train["template"], "data_dir": str(run_dir / "data")}
     if config.twcs:
         metadata["twcs"] = config.twcs
+    if config.base_model and config.base_model != train["config"]["model"]:
+        return score_other_base(run_dir, config, metadata)
+    base_name = train["config"]["model"]
+    path = model_path(base_name)
     results = {
         "base": score_model(path, None, metadata, config),
         "finetuned": score_model(path, str(run_dir / train["adapter"]), metadata, config),
@@ -189,14 +191,36 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
     return summary
 
 
+def score_other_base(run_dir: Path, config: EvalConfig, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Score another base model alone on the run's held-out split, in its own template; write eval/base_models/."""
+    name = config.base_model
+    result = score_model(model_path(name), None, {**metadata, "template": resolve(name).template}, config)
+    summary = {
+        "run": str(run_dir),
+        "dataset": "twcs" if config.twcs else "bitext-test",
+        "base_model": name,
+        "template": resolve(name).template,
+        "config": asdict(config),
+        "n": {"base": result["n"]},
+        "metrics": {"base": result["metrics"]},
+        "timing_s": {"base": result["timing_s"]},
+        "lm_eval": {"version": importlib.metadata.version("lm_eval"), "config": result["lm_eval_config"]},
+    }
+    write_json(run_dir / EVAL_DIR / "base_models" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.json", summary)
+    return summary
+
+
 def table_lines(summary: dict[str, Any]) -> list[str]:
-    """The base / fine-tuned / delta table, as the notebook printed it."""
-    base, tuned, delta = summary["metrics"]["base"], summary["metrics"]["finetuned"], summary["delta_pct"]
+    """The base / fine-tuned / delta table, as the notebook printed it (base only for another base model)."""
+    base = summary["metrics"]["base"]
     n = summary["n"]["base"]
-    lines = [
-        f"{summary['dataset']}: {n['generation']} generated, {n['perplexity']} for perplexity",
-        f"{'metric':<22}{'base':>10}{'fine-tuned':>12}{'change':>10}",
-    ]
+    header = f"{summary['dataset']}: {n['generation']} generated, {n['perplexity']} for perplexity"
+    if "finetuned" not in summary["metrics"]:
+        return [f"{summary['base_model']} (base, {summary['template']} template), {header}"] + [
+            f"{metric:<22}{value:>10.4f}" for metric, value in base.items()
+        ]
+    tuned, delta = summary["metrics"]["finetuned"], summary["delta_pct"]
+    lines = [header, f"{'metric':<22}{'base':>10}{'fine-tuned':>12}{'change':>10}"]
     for metric in base:
         change = "n/a" if delta[metric] is None else f"{delta[metric]:+.1f}%"
         lines.append(f"{metric:<22}{base[metric]:>10.4f}{tuned[metric]:>12.4f}{change:>10}")

@@ -91,3 +91,13 @@ def test_eval_refuses_a_leaking_split(tiny_run, tmp_path):
 def test_eval_needs_a_finished_run(tmp_path: Path):
     with pytest.raises(SupportBenchError, match="no finished training run"):
         evaluate_run(tmp_path, EvalConfig())
+
+
+def test_another_base_model_is_scored_alone(tiny_run, tiny_model_dir, tmp_path, monkeypatch):
+    registry = tmp_path / "models.yaml"
+    registry.write_text(f"other-tiny:\n  path: {tiny_model_dir}\n  template: chat\n")
+    monkeypatch.setenv("SUPPORTBENCH_REGISTRY", str(registry))
+    summary = evaluate_run(tiny_run, EvalConfig(limit=2, batch_size=2, max_new_tokens=4, base_model="other-tiny"))
+    assert set(summary["metrics"]) == {"base"} and summary["template"] == "chat"
+    assert read_json(tiny_run / "eval" / "base_models" / "other-tiny.json")["metrics"] == summary["metrics"]
+    assert table_lines(summary)[0].startswith("other-tiny (base, chat template)")
