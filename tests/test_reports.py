@@ -90,7 +90,9 @@ def test_missing_parts_are_shown_as_missing(tiny_run, tmp_path):
 
 
 def test_comparison_table(full_run, tiny_run, tmp_path):
-    paths = write_comparison([full_run, tiny_run], tmp_path)
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_run, plain, ignore=shutil.ignore_patterns("eval", "bench", "report.*"))
+    paths = write_comparison([full_run, plain], tmp_path)
     markdown = paths[1].read_text()
     rows = _table("## T\n" + markdown.split("\n", 1)[1], "T")
     trained = read_json(full_run / "train.json")

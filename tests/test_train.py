@@ -125,6 +125,9 @@ def test_sigkill_then_resume_finishes_at_the_right_step(tiny_model_dir, run_with
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert list(checkpoints.glob("checkpoint-*")), "no checkpoint was written before the kill"
+    partial = checkpoints / "checkpoint-999"  # what a kill in the middle of a save leaves behind
+    partial.mkdir()
+    (partial / "trainer_state.json").write_text('{"global_step": 9')
     assert not (run_with_data / "train.json").exists() and not (run_with_data / "adapter").exists()
     with pytest.raises(SupportBenchError, match="pass --resume"):
         train(load_config(None, str(config)), run_with_data)

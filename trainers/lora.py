@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import random
 import time
@@ -189,13 +190,24 @@ def _package_versions() -> dict[str, str]:
     return out
 
 
-def _start_or_resume(run_dir: Path, config: TrainConfig, resume: bool) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint whose trainer_state.json (written last by the Trainer) is complete; a kill mid-save
+    leaves a newer, partial checkpoint that must be skipped."""
+    numbered = [(int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
+    for _, checkpoint in sorted(numbered, reverse=True):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        return str(checkpoint)
+    return None
 
+
+def _start_or_resume(run_dir: Path, config: TrainConfig, resume: bool) -> str | None:
     if (run_dir / RUN_MANIFEST).is_file():
         raise SupportBenchError(f"{run_dir} already holds a finished run; choose another --out (or --reuse it)")
     checkpoints = run_dir / CHECKPOINT_DIR
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_complete_checkpoint(checkpoints) if checkpoints.is_dir() else None
     stored = run_dir / RUN_CONFIG
     if resume:
         if last is None:
