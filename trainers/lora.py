@@ -268,7 +268,7 @@ def train(
     if reuse and (run_dir / RUN_MANIFEST).is_file():
         return _finished_run(run_dir, config)
     template = config.template or resolve(config.model).template
-    get_template(template)
+    get_template(template)  # an unknown template fails here, before any data or model work
     data_dir = ensure_data(run_dir, data)
     device = pick_device()
     last_checkpoint = _start_or_resume(run_dir, config, resume)
@@ -335,7 +335,7 @@ def train(
         "wall_time_s": round(wall, 1),
         "tokens_seen": tokens,
         "eval_time_s": round(eval_time, 1),
-        "tokens_per_s": round(tokens / (wall - eval_time), 1),
+        "tokens_per_s": round((tokens - progress.start_tokens) / (wall - eval_time), 1),  # this session's tokens only
         "memory": peak_memory(),
         "final_train_loss": train_losses[-1] if train_losses else None,
         "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
