@@ -27,6 +27,7 @@ from trainers.config import TrainConfig, load_config
 from trainers.lora import SpeedKnobs, build_examples, choose_max_length, ensure_data, make_trainer, token_lengths
 
 NOTEBOOK_BATCH, NOTEBOOK_ACCUMULATION, TRL_DEFAULT_MAX_LENGTH = 2, 8, 1024
+EFFECTIVE_BATCH = NOTEBOOK_BATCH * NOTEBOOK_ACCUMULATION  # every arm steps the optimizer on 16 examples
 
 
 def arms(max_length: int, batch_size: int) -> list[tuple[str, str, SpeedKnobs, int]]:
@@ -87,10 +88,10 @@ def measure(
 def run_benchmark(run_dir: Path, preset: str, steps: int) -> dict[str, Any]:
     """Measure every arm on the same model, data and machine."""
     config = load_config(preset)
-    if config.effective_batch % NOTEBOOK_BATCH:
-        raise SupportBenchError(f"effective batch {config.effective_batch} must be a multiple of {NOTEBOOK_BATCH}")
+    if EFFECTIVE_BATCH % config.batch_size:
+        raise SupportBenchError(f"the preset's batch size {config.batch_size} must divide the effective batch {EFFECTIVE_BATCH}")
     data_dir = ensure_data(run_dir, None)
-    rows = random.Random(config.seed).sample(load_split(data_dir, "train"), steps * config.effective_batch)
+    rows = random.Random(config.seed).sample(load_split(data_dir, "train"), steps * EFFECTIVE_BATCH)
     _, tokenizer = load_model(config.model)
     template = config.template or resolve(config.model).template
     max_length, _ = choose_max_length(
