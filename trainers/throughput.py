@@ -65,7 +65,7 @@ def measure(
     arm_config = dataclasses.replace(
         config,
         batch_size=batch,
-        gradient_accumulation=config.effective_batch // batch,
+        gradient_accumulation=EFFECTIVE_BATCH // batch,
         max_steps=steps,
         save_steps=10**6,
         logging_steps=10**6,
@@ -110,7 +110,7 @@ def run_benchmark(run_dir: Path, preset: str, steps: int) -> dict[str, Any]:
         "model": config.model,
         "preset": preset,
         "optimizer_steps": steps,
-        "effective_batch": config.effective_batch,
+        "effective_batch": EFFECTIVE_BATCH,
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "torch_threads": torch.get_num_threads(),
