@@ -7,9 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import BITEXT, fixture_rows, write_csv
+from conftest import BITEXT, TWCS, fixture_rows, write_csv
 
-from harness.data import DataConfig, PlaceholderFiller, load_placeholder_map, normalize_instruction, prepare
+from harness.data import DataConfig, PlaceholderFiller, load_placeholder_map, load_twcs_pairs, normalize_instruction, prepare
 from harness.io import SupportBenchError
 
 
@@ -157,3 +157,17 @@ def test_real_bitext_file(tmp_path):
     assert placeholders["occurrences"] == 9264
     assert placeholders["mapped_share"] > 0.75
     assert all("{{" not in r["response"] for r in _read(tmp_path / "out", "test"))
+
+
+@pytest.mark.skipif(not TWCS.is_file(), reason="needs ../shared/data/twcs")
+def test_twcs_pairs_join_customer_tweets_to_company_replies():
+    pairs = load_twcs_pairs(TWCS)
+    assert len(pairs) == 332
+    assert all(p["instruction"] and p["response"] and not p["instruction"].startswith("@") for p in pairs)
+    assert len({p["id"] for p in pairs}) == 332
+
+
+def test_twcs_file_without_its_columns_is_named(tmp_path):
+    path = write_csv(tmp_path / "t.csv", [{"tweet_id": "1", "text": "hi"}])
+    with pytest.raises(SupportBenchError, match="missing TWCS column"):
+        load_twcs_pairs(path)
