@@ -1,5 +1,7 @@
 """Training-throughput benchmark: the notebook's SFT recipe against ours, one change at a time.
 
+Each arm trains one warm-up optimizer step (not timed) and then `--steps` timed steps on the same examples.
+
     python -m trainers.throughput --run RUN [--preset ci] [--steps 3] [--out FILE]
 
 Writes JSON with non-padding tokens/s and examples/s per arm, each arm's gain over the one before,
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from harness.data import load_split
 from harness.device import pick_device
@@ -59,30 +62,41 @@ def arms(max_length: int, batch_size: int) -> list[tuple[str, str, SpeedKnobs, i
 def measure(
     config: TrainConfig, rows: list[dict[str, Any]], knobs: SpeedKnobs, batch: int, steps: int, workdir: Path
 ) -> dict[str, Any]:
-    """Train `steps` optimizer steps of `effective batch` examples and time them."""
+    """Train one warm-up step plus `steps` timed optimizer steps of EFFECTIVE_BATCH examples each."""
     device = pick_device()
     model, tokenizer = load_model(config.model, device)
     arm_config = dataclasses.replace(
         config,
         batch_size=batch,
         gradient_accumulation=EFFECTIVE_BATCH // batch,
-        max_steps=steps,
+        max_steps=steps + 1,
         save_steps=10**6,
         logging_steps=10**6,
     )
-    trainer = make_trainer(arm_config, model, tokenizer, rows, [], workdir, device, knobs)
-    started = time.perf_counter()
+    clock = StepClock()
+    trainer = make_trainer(arm_config, model, tokenizer, rows, [], workdir, device, knobs, callbacks=[clock])
     trainer.train()
-    wall = time.perf_counter() - started
-    tokens = int(trainer.state.num_input_tokens_seen)
-    examples = steps * arm_config.effective_batch
+    (t0, tokens0), (t1, tokens1) = clock.marks[0], clock.marks[-1]
+    wall, tokens, examples = t1 - t0, tokens1 - tokens0, steps * EFFECTIVE_BATCH
     return {
-        "wall_s": round(wall, 1),
+        "timed_wall_s": round(wall, 1),
+        "warmup_step_s": round(t0 - clock.started, 1),
         "non_padding_tokens": tokens,
         "examples": examples,
         "tokens_per_s": round(tokens / wall, 1),
         "examples_per_s": round(examples / wall, 3),
     }
+
+
+class StepClock(TrainerCallback):
+    """Timestamps and token counts at the end of every optimizer step."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.marks: list[tuple[float, int]] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
 
 
 def run_benchmark(run_dir: Path, preset: str, steps: int) -> dict[str, Any]:
@@ -91,7 +105,7 @@ def run_benchmark(run_dir: Path, preset: str, steps: int) -> dict[str, Any]:
     if EFFECTIVE_BATCH % config.batch_size:
         raise SupportBenchError(f"the preset's batch size {config.batch_size} must divide the effective batch {EFFECTIVE_BATCH}")
     data_dir = ensure_data(run_dir, None)
-    rows = random.Random(config.seed).sample(load_split(data_dir, "train"), steps * EFFECTIVE_BATCH)
+    rows = random.Random(config.seed).sample(load_split(data_dir, "train"), (steps + 1) * EFFECTIVE_BATCH)
     _, tokenizer = load_model(config.model)
     template = config.template or resolve(config.model).template
     max_length, _ = choose_max_length(
