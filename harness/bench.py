@@ -238,7 +238,7 @@ def eval_speedup(run_dir: Path, examples: int) -> dict[str, Any]:
     result = {
         "generation_examples": n,
         "batched_seconds": batched,
-        "batch_size": evaluation["config"]["batch_size"],
+        "batch_size": evaluation["config"]["gen_batch_size"],
         "one_at_a_time": loop,
         "one_at_a_time_seconds_for_n": loop_estimate,
         "speedup": loop_estimate / batched,

@@ -56,7 +56,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     config = EvalConfig(
         limit=None if args.full else args.limit,
         ppl_limit=args.ppl_limit,
-        batch_size=args.batch_size,
+        gen_batch_size=args.gen_batch_size,
+        ppl_batch_size=args.ppl_batch_size,
         max_new_tokens=args.max_new_tokens,
         base_model=args.model,
         twcs=args.twcs,
@@ -180,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="generation examples (default 50, as the notebook)")
     p.add_argument("--full", action="store_true", help="generate for the whole held-out split")
     p.add_argument("--ppl-limit", type=int, help="perplexity examples (default: the whole split)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--gen-batch-size", type=int, default=32, help="generation batch (left-padded)")
+    p.add_argument("--ppl-batch-size", type=int, default=8, help="perplexity scoring batch")
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--twcs", help="score the out-of-domain TWCS tweet pairs (CSV) instead; written to eval/ood/")
     p.set_defaults(func=cmd_eval)

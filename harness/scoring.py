@@ -27,7 +27,8 @@ class EvalConfig:
 
     limit: int | None = 50  # generation examples; None = the whole split
     ppl_limit: int | None = None  # perplexity examples; None = the whole split (the default everywhere but rank)
-    batch_size: int = 8
+    gen_batch_size: int = 32  # decoding is memory-bound on CPU: wide batches cost little more per step
+    ppl_batch_size: int = 8  # scoring is compute-bound and holds batch x length x vocab logits
     max_new_tokens: int = 100
     base_model: str | None = None  # another base model to score alone (no adapter) on the run's split
     twcs: str | None = None  # score the out-of-domain TWCS pairs instead of the Bitext test split
@@ -66,7 +67,9 @@ def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], 
 
     device = pick_device()
     started = time.perf_counter()
-    lm = HFLM(pretrained=model_path, peft=adapter, device=device.device, dtype=device.dtype_name, batch_size=config.batch_size)
+    lm = HFLM(
+        pretrained=model_path, peft=adapter, device=device.device, dtype=device.dtype_name, batch_size=config.gen_batch_size
+    )
     load_s = time.perf_counter() - started
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={**metadata, "tokenizer": model_path})
     common = {
@@ -82,6 +85,7 @@ def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], 
     t0 = time.perf_counter()
     gen = simple_evaluate(tasks=[GEN_TASK], limit=config.limit, **common)
     t1 = time.perf_counter()
+    lm.batch_size_per_gpu = config.ppl_batch_size  # HFLM has one batch size; scoring wants a narrower one
     ppl = simple_evaluate(tasks=[PPL_TASK], limit=config.ppl_limit, **common)
     t2 = time.perf_counter()
     gen_results = gen["results"][GEN_TASK]

@@ -61,7 +61,7 @@ def test_lm_eval_lists_the_three_tasks():
 
 
 def test_eval_writes_results_and_repeats_exactly(tiny_run):
-    config = EvalConfig(limit=4, batch_size=4, max_new_tokens=8)
+    config = EvalConfig(limit=4, gen_batch_size=4, max_new_tokens=8)
     first = evaluate_run(tiny_run, config)
     assert first["n"]["base"]["generation"] == 4 and first["n"]["base"]["perplexity"] == 16
     assert first["leakage_check"]["shared_instructions"] == 0
@@ -97,7 +97,7 @@ def test_another_base_model_is_scored_alone(tiny_run, tiny_model_dir, tmp_path, 
     registry = tmp_path / "models.yaml"
     registry.write_text(f"other-tiny:\n  path: {tiny_model_dir}\n  template: chat\n")
     monkeypatch.setenv("SUPPORTBENCH_REGISTRY", str(registry))
-    summary = evaluate_run(tiny_run, EvalConfig(limit=2, batch_size=2, max_new_tokens=4, base_model="other-tiny"))
+    summary = evaluate_run(tiny_run, EvalConfig(limit=2, gen_batch_size=2, max_new_tokens=4, base_model="other-tiny"))
     assert set(summary["metrics"]) == {"base"} and summary["template"] == "chat"
     assert read_json(tiny_run / "eval" / "base_models" / "other-tiny.json")["metrics"] == summary["metrics"]
     assert table_lines(summary)[0].startswith("other-tiny (base, chat template)")

@@ -25,7 +25,7 @@ def full_run(tiny_run, tmp_path_factory) -> Path:
     """The tiny run, evaluated, benchmarked (quick) and reported."""
     run = tmp_path_factory.mktemp("full") / "run"
     shutil.copytree(tiny_run, run)
-    evaluate_run(run, EvalConfig(limit=4, batch_size=4, max_new_tokens=8))
+    evaluate_run(run, EvalConfig(limit=4, gen_batch_size=4, max_new_tokens=8))
     run_suite(run, quick=True)
     write_run_report(run)
     return run
