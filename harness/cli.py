@@ -110,7 +110,13 @@ def cmd_rank(args: argparse.Namespace) -> None:
     if not models:
         raise SupportBenchError("--models needs at least one model")
     config = RankConfig(
-        models=models, preset=args.preset, metric=args.metric, limit=args.limit, max_steps=args.max_steps, data=args.data
+        models=models,
+        preset=args.preset,
+        metric=args.metric,
+        limit=args.limit,
+        ppl_limit=args.ppl_limit,
+        max_steps=args.max_steps,
+        data=args.data,
     )
     board = rank(config, Path(args.out))
     for path in write_leaderboard(board, Path(args.out)):
