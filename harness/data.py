@@ -289,8 +289,9 @@ def split_rows(rows: list[dict[str, Any]], config: DataConfig) -> dict[str, list
                 target = "train"
             filled[target] = filled.get(target, 0) + len(members)
             splits[target].extend(members)
-    for name in SPLITS:
+    for name in SPLITS:  # a seeded shuffle, so that any prefix (eval --limit 50) samples every category
         splits[name].sort(key=lambda r: r["source_row"])
+        rng.shuffle(splits[name])
     return splits
 
 
