@@ -32,7 +32,7 @@ def test_plain_lm_eval_cli_runs_both_tasks(tiny_run, tiny_model_dir, tmp_path):
             "--device",
             "cpu",
             "--limit",
-            "3",
+            "5",
             "--metadata",
             metadata,
             "--output_path",
