@@ -80,6 +80,7 @@ def rank(config: RankConfig, out_dir: Path) -> dict[str, Any]:
         "preset": config.preset,
         "metric": config.metric,
         "limit": config.limit,
+        "ppl_limit": config.ppl_limit,
         "max_steps": config.max_steps,
         "rows": ok + [r for r in rows if r["status"] != "ok"],
     }

@@ -227,7 +227,7 @@ def write_leaderboard(board: dict[str, Any], out_dir: Path) -> list[Path]:
     ]
     notes = [
         f"Ranked by fine-tuned {METRIC_LABELS[metric]}; preset {board['preset']}, {board['limit']} generated and "
-        f"{board.get('ppl_limit') or 'all'} perplexity examples per model, latency and memory of the merged model "
+        f"{board['ppl_limit'] or 'all'} perplexity examples per model, latency and memory of the merged model "
         "(quick benchmark). Figures come from each run's files."
     ]
     return write_table(out_dir, "leaderboard", "SupportBench leaderboard", columns, table, notes, leaderboard_chart(rows, metric))
