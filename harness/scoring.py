@@ -14,6 +14,7 @@ from harness.device import pick_device
 from harness.io import SupportBenchError, read_json, write_json, write_jsonl
 from harness.metrics import ROUGE_TYPES, corpus_bleu
 from harness.models import model_path, resolve
+from harness.templates import cut_at_stops
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 GEN_TASK, PPL_TASK = "customer_support_gen", "customer_support_ppl"
@@ -117,9 +118,7 @@ def _raw(sample: dict[str, Any]) -> str:
 
 
 def _reply(sample: dict[str, Any]) -> str:
-    raw = _raw(sample)
-    cuts = [i for stop in sample["doc"]["stop"] if (i := raw.find(stop)) >= 0]
-    return (raw[: min(cuts)] if cuts else raw).strip()
+    return cut_at_stops(_raw(sample), sample["doc"]["stop"])[0]
 
 
 def per_category(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

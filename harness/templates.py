@@ -36,6 +36,14 @@ class Turn:
     agent: str | None = None
 
 
+def cut_at_stops(text: str, stops: list[str]) -> tuple[str, bool]:
+    """Cut text at the earliest of the stop sequences; return the stripped reply and whether a stop was hit."""
+    cut = min((i for stop in stops if (i := text.find(stop)) >= 0), default=-1)
+    if cut < 0:
+        return text.strip(), False
+    return text[:cut].strip(), True
+
+
 class Template:
     """Base class: a named prompt format with its stop sequences."""
 
@@ -60,10 +68,7 @@ class Template:
 
     def truncate(self, text: str, tokenizer: Any = None) -> tuple[str, bool]:
         """Cut text at the first stop sequence; return the reply and whether a stop was hit."""
-        cut = min((i for s in self.stop_sequences(tokenizer) if (i := text.find(s)) >= 0), default=-1)
-        if cut < 0:
-            return text.strip(), False
-        return text[:cut].strip(), True
+        return cut_at_stops(text, self.stop_sequences(tokenizer))
 
     def sanitize(self, text: str, tokenizer: Any = None) -> str:
         """Neutralise user text that imitates turn markers or special tokens, so it cannot break the prompt."""

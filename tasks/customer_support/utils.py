@@ -16,7 +16,7 @@ from harness.data import DataConfig, load_split, load_twcs_pairs, prepare, resol
 from harness.io import SupportBenchError
 from harness.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
 from harness.models import cache_root
-from harness.templates import Turn, get_template, has_runon
+from harness.templates import Turn, cut_at_stops, get_template, has_runon
 
 SPLIT_ENV = "SUPPORTBENCH_SPLIT"
 
@@ -77,12 +77,11 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
 def process_gen(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
     """Score one generation: cut at the template's stops, then ROUGE, BLEU pair and format checks."""
     raw = results[0]
-    cuts = [i for stop in doc["stop"] if (i := raw.find(stop)) >= 0]
-    reply = (raw[: min(cuts)] if cuts else raw).strip()
+    reply, stopped = cut_at_stops(raw, doc["stop"])
     return {
         **rouge(reply, doc["reference"]),
         "bleu": (reply, doc["reference"]),
-        "runon": float(bool(cuts) or has_runon(raw)),
+        "runon": float(stopped or has_runon(raw)),
         "placeholder_leak": float(leaks_placeholder(reply)),
         "response_words": float(word_count(reply)),
     }
