@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness.assistant import Assistant
-from harness.io import SupportBenchError
-from harness.templates import Turn
-from reports.render import collect_run, render
+from supportbench.assistant import Assistant
+from supportbench.io import SupportBenchError
+from supportbench.reports.render import collect_run, render
+from supportbench.run import RunDir
+from supportbench.templates import Turn
 
 EXAMPLES = [
     "I want to cancel my order, how do I do that?",
@@ -74,7 +75,7 @@ def compare(assistant: Assistant, message: str, max_tokens: int) -> tuple[str, s
 
 def performance_markdown(run_dir: Path) -> str:
     """Model Performance tab: the report's Markdown, read from the run's files (missing parts say so)."""
-    return render("report.md.j2", run=collect_run(run_dir)).replace("![loss curve](loss_curve.png)", "")
+    return render("report.j2", "md", run=collect_run(run_dir), show_loss_curve=False)  # the tab shows the PNG itself
 
 
 def build_app(run_dir: Path, assistant: Assistant | None = None):
@@ -82,7 +83,7 @@ def build_app(run_dir: Path, assistant: Assistant | None = None):
     import gradio as gr
 
     assistant = assistant or Assistant(run_dir)
-    curve = Path(run_dir) / "loss_curve.png"
+    curve = RunDir(run_dir).loss_curve
     with gr.Blocks(title="SupportBench assistant", analytics_enabled=False) as app:
         intro = f"Base model `{assistant.model_name}` with the LoRA adapter of `{run_dir}`."
         gr.Markdown(f"# SupportBench customer-support assistant\n{intro}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -13,14 +12,12 @@ from typing import Any
 
 import torch
 
-from harness.data import load_split
-from harness.device import pick_device
-from harness.io import SupportBenchError, read_json, write_json
-from harness.models import load_model, materialize, resolve
-from harness.templates import Turn, get_template
-
-VARIANTS = ("base", "lora", "merged")
-BENCH_DIR = "bench"
+from supportbench.device import machine_info
+from supportbench.io import SupportBenchError, read_json, write_json
+from supportbench.metrics import percentile
+from supportbench.models import materialize, resolve
+from supportbench.run import VARIANTS, RunDir
+from supportbench.templates import Turn, get_template
 
 
 class TokenClock:
@@ -41,73 +38,21 @@ class TokenClock:
         """Nothing to flush."""
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, torch threads and device, recorded beside every figure."""
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").is_file():
-        names = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    device = pick_device()
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device.device,
-        "dtype": device.dtype_name,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    if device.device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def bench_queries(run_dir: Path, count: int) -> list[str]:
+def bench_queries(run: RunDir, count: int) -> list[str]:
     """A fixed set of customer queries: the first `count` rows of the run's test split."""
-    rows = load_split(Path(run_dir) / "data", "test")
-    return [r["instruction"] for r in rows[:count]]
-
-
-def load_variant(run_dir: Path, variant: str) -> tuple[Any, Any, float]:
-    """Load base, base+adapter (unmerged) or the merged model; return (model, tokenizer, seconds)."""
-    if variant not in VARIANTS:
-        raise SupportBenchError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
-    train = read_json(Path(run_dir) / "train.json")
-    started = time.perf_counter()
-    model, tokenizer = load_model(train["config"]["model"])
-    if variant != "base":
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, Path(run_dir) / train["adapter"])
-        if variant == "merged":
-            model = model.merge_and_unload()
-    model.eval()
-    return model, tokenizer, time.perf_counter() - started
+    return [r["instruction"] for r in run.data.rows("test")[:count]]
 
 
 def cold_materialize_seconds(model_name: str, cache: Path) -> float:
-    """Seconds to materialize a bundled GGUF into an empty cache."""
-    spec = resolve(model_name)
-    previous = os.environ.get("SUPPORTBENCH_CACHE")
-    os.environ["SUPPORTBENCH_CACHE"] = str(cache)
-    try:
-        started = time.perf_counter()
-        materialize(spec)
-        return time.perf_counter() - started
-    finally:
-        if previous is None:
-            os.environ.pop("SUPPORTBENCH_CACHE")
-        else:
-            os.environ["SUPPORTBENCH_CACHE"] = previous
+    """Seconds to materialize a bundled GGUF into an empty cache folder."""
+    started = time.perf_counter()
+    materialize(resolve(model_name), cache)
+    return time.perf_counter() - started
 
 
-def prompts_for(run_dir: Path, tokenizer: Any, queries: list[str]) -> list[str]:
+def prompts_for(run: RunDir, tokenizer: Any, queries: list[str]) -> list[str]:
     """Render queries in the run's template."""
-    template = get_template(read_json(Path(run_dir) / "train.json")["template"])
+    template = get_template(run.trained()["template"])
     return [template.prompt([Turn(q)], tokenizer) for q in queries]
 
 
@@ -141,12 +86,6 @@ def batched_tokens_per_s(model: Any, tokenizer: Any, prompts: list[str], max_new
     return produced / elapsed
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
 def summarize_replies(timings: list[dict[str, float]]) -> dict[str, float]:
     """p50/p95 end-to-end latency, median TTFT and decode latency, batch-1 tokens/s."""
     e2e = [t["e2e_s"] for t in timings]
@@ -162,13 +101,10 @@ def summarize_replies(timings: list[dict[str, float]]) -> dict[str, float]:
 
 def run_suite(run_dir: Path, quick: bool) -> dict[str, Any]:
     """Run the pytest-benchmark suite against a run; write its JSON and a summary into RUN/bench/."""
-    run_dir = Path(run_dir).resolve()
-    if not (run_dir / "train.json").is_file():
-        raise SupportBenchError(f"{run_dir} holds no finished training run (train.json); run `supportbench train` first")
-    out = run_dir / BENCH_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    raw = out / "pytest_benchmark.json"
-    env = {**os.environ, "SUPPORTBENCH_BENCH_RUN": str(run_dir), "SUPPORTBENCH_BENCH_QUICK": "1" if quick else "0"}
+    run = RunDir(Path(run_dir).resolve())
+    run.require_adapter()
+    run.bench_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "SUPPORTBENCH_BENCH_RUN": str(run.path), "SUPPORTBENCH_BENCH_QUICK": "1" if quick else "0"}
     command = [
         sys.executable,
         "-m",
@@ -179,17 +115,17 @@ def run_suite(run_dir: Path, quick: bool) -> dict[str, Any]:
         "no:cacheprovider",
         "--benchmark-enable",
         "--benchmark-only",
-        f"--benchmark-json={raw}",
+        f"--benchmark-json={run.bench_raw}",
         "-o",
         "addopts=",
         "--rootdir",
-        str(out),
+        str(run.bench_dir),
     ]
     if subprocess.run(command, env=env).returncode != 0:
-        raise SupportBenchError(f"the benchmark suite failed; see the output above ({raw} may be incomplete)")
-    summary = summarize_benchmarks(read_json(raw))
-    summary.update({"machine": machine_info(), "quick": quick, "queries": bench_queries(run_dir, 3 if quick else 8)})
-    write_json(out / "summary.json", summary)
+        raise SupportBenchError(f"the benchmark suite failed; see the output above ({run.bench_raw} may be incomplete)")
+    summary = summarize_benchmarks(read_json(run.bench_raw))
+    summary.update({"machine": machine_info(), "quick": quick, "queries": bench_queries(run, 3 if quick else 8)})
+    write_json(run.bench_summary, summary)
     return summary
 
 
@@ -207,13 +143,13 @@ def summarize_benchmarks(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def notebook_loop_seconds(run_dir: Path, examples: int, max_new_tokens: int = 100) -> dict[str, Any]:
+def notebook_loop_seconds(run: RunDir, examples: int, max_new_tokens: int) -> dict[str, Any]:
     """The notebook's eval loop: one example at a time, greedy, base then fine-tuned; wall time per model."""
-    rows = load_split(Path(run_dir) / "data", "test")[:examples]
+    rows = run.data.rows("test")[:examples]
     timings = {}
     for variant in ("base", "lora"):
-        model, tokenizer, _ = load_variant(run_dir, variant)
-        prompts = prompts_for(run_dir, tokenizer, [r["instruction"] for r in rows])
+        model, tokenizer = run.load_variant(variant)
+        prompts = prompts_for(run, tokenizer, [r["instruction"] for r in rows])
         started = time.perf_counter()
         for prompt in prompts:
             inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
@@ -230,10 +166,11 @@ def notebook_loop_seconds(run_dir: Path, examples: int, max_new_tokens: int = 10
 
 def eval_speedup(run_dir: Path, examples: int) -> dict[str, Any]:
     """Compare the batched lm-eval generation timing of the run's eval with the one-at-a-time loop."""
-    evaluation = read_json(Path(run_dir) / "eval" / "metrics.json")
+    run = RunDir(run_dir)
+    evaluation = read_json(run.eval.metrics)
     n = evaluation["n"]["base"]["generation"]
     batched = sum(evaluation["timing_s"][side]["generation"] for side in ("base", "finetuned"))
-    loop = notebook_loop_seconds(run_dir, examples, evaluation["caps"]["max_new_tokens"])
+    loop = notebook_loop_seconds(run, examples, evaluation["caps"]["max_new_tokens"])
     loop_estimate = sum(loop["seconds_per_example"].values()) * n
     result = {
         "generation_examples": n,
@@ -244,5 +181,5 @@ def eval_speedup(run_dir: Path, examples: int) -> dict[str, Any]:
         "speedup": loop_estimate / batched,
         "measured_examples_one_at_a_time": loop["examples"],
     }
-    write_json(Path(run_dir) / BENCH_DIR / "eval_speed.json", result)
+    write_json(run.eval_speed, result)
     return result

@@ -6,9 +6,9 @@ import csv
 import hashlib
 import io
 import json
-import os
 import random
 import re
+import sys
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -16,37 +16,25 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
+from supportbench.config import DATA_ENV, DataConfig
+from supportbench.io import (
+    SupportBenchError,
+    atomic_write_bytes,
+    ensure_writable_dir,
+    hub_reachable,
+    jsonl_bytes,
+    read_yaml,
+    sha256_file,
+    write_json,
+)
+from supportbench.metrics import PLACEHOLDER
+from supportbench.run import SPLITS, RunDir, SplitDir
 
-from harness.io import SupportBenchError, hub_reachable, read_json, sha256_file, staged_dir, write_json, write_jsonl
-
-DEFAULT_DATASET = "bitext/Bitext-customer-support-llm-chatbot-training-dataset"
-DATA_ENV = "SUPPORTBENCH_DATA"
 REQUIRED_COLUMNS = ("instruction", "response")
 OPTIONAL_COLUMNS = ("category", "intent", "flags", "tags")
-SPLITS = ("train", "validation", "test")
-PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
-
-
-@dataclass
-class DataConfig:
-    """Everything that decides the prepared split; the same config and input give the same bytes."""
-
-    source: str = DEFAULT_DATASET
-    seed: int = 42
-    mode: str = "heldout"  # "heldout": fixed-size test set; "notebook": sample N then 90/10
-    test_size: int = 500
-    validation_size: int = 100
-    sample_size: int = 5000  # notebook mode only
-    placeholders: str | None = None  # YAML merged over the bundled defaults
-
-    def validate(self) -> None:
-        """Reject impossible settings before any work starts."""
-        if self.mode not in ("heldout", "notebook"):
-            raise SupportBenchError(f"data mode must be 'heldout' or 'notebook', not {self.mode!r}")
-        for name in ("test_size", "validation_size", "sample_size"):
-            if getattr(self, name) < 0:
-                raise SupportBenchError(f"data {name} must be >= 0, got {getattr(self, name)}")
+# C0 control characters (NUL, ESC, ...) other than tab and newlines, and DEL: never useful in a reply.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long replies are data: lift csv's 131,072-character field cap
 
 
 @dataclass
@@ -59,11 +47,6 @@ class LoadReport:
     def skip(self, row_number: int, reason: str) -> None:
         """Record one skipped row (1-based record number, header not counted)."""
         self.skipped.append({"row": row_number, "reason": reason})
-
-
-def resolve_source(explicit: str | None) -> str:
-    """Pick the data source: an explicit path or id, else $SUPPORTBENCH_DATA, else the hub default."""
-    return explicit or os.environ.get(DATA_ENV) or DEFAULT_DATASET
 
 
 def normalize_instruction(text: str) -> str:
@@ -160,12 +143,13 @@ def load_rows(source: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]],
 
 def load_placeholder_map(extra: str | None = None) -> dict[str, str]:
     """The bundled placeholder defaults, with a user's YAML map merged over them."""
-    mapping = yaml.safe_load(resources.files("harness").joinpath("placeholders.yaml").read_text(encoding="utf-8"))
+    bundled = resources.files("supportbench").joinpath("placeholders.yaml").read_text(encoding="utf-8")
+    mapping = read_yaml(bundled, "the bundled placeholders.yaml")
     if extra:
         path = Path(extra)
         if not path.is_file():
             raise SupportBenchError(f"placeholder map not found: {path}")
-        user = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        user = read_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
         if not isinstance(user, dict) or not all(isinstance(v, (str, int, float)) for v in user.values()):
             raise SupportBenchError(f"placeholder map {path} must be a flat YAML mapping of key: value")
         mapping.update(user)
@@ -207,8 +191,9 @@ class PlaceholderFiller:
         }
 
 
-def clean_rows(rows, report: LoadReport, filler: PlaceholderFiller) -> list[dict[str, Any]]:
-    """Validate fields, drop empty, badly encoded and duplicate rows (recorded), and fill placeholders."""
+def clean_rows(rows, report: LoadReport, filler: PlaceholderFiller, controls: Counter[str]) -> list[dict[str, Any]]:
+    """Validate fields, drop empty, badly encoded and duplicate rows (recorded), strip control characters
+    (counted in `controls`), and fill placeholders."""
     kept: list[dict[str, Any]] = []
     first_seen: dict[tuple[str, str], int] = {}
     for number, row in rows:
@@ -217,6 +202,12 @@ def clean_rows(rows, report: LoadReport, filler: PlaceholderFiller) -> list[dict
         if any("\udc80" <= ch <= "\udcff" for v in texts.values() for ch in v):
             report.skip(number, "bad encoding: not valid UTF-8")
             continue
+        found = [ch for v in texts.values() for ch in CONTROL_CHARACTERS.findall(v)]
+        if found:
+            controls["rows"] += 1
+            controls["characters"] += len(found)
+            controls.update(f"U+{ord(ch):04X}" for ch in found)
+            texts = {c: CONTROL_CHARACTERS.sub("", v) for c, v in texts.items()}
         empty = [c for c in REQUIRED_COLUMNS if not texts[c].strip()]
         if empty:
             report.skip(number, f"empty field: {', '.join(empty)}")
@@ -306,8 +297,16 @@ def overlap_report(splits: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
 
 
 def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str, Any]:
-    """Run the whole preparation and write the splits plus manifest.json into out_dir, atomically."""
+    """Run the whole preparation and write the splits plus manifest.json into out_dir, each file atomically.
+
+    Only prepare's own files are ever replaced; a folder holding a training run is refused, and a folder
+    holding a different split or other files needs `force`."""
     config.validate()
+    out = SplitDir(Path(out_dir))
+    if RunDir(out.path).holds_run:
+        raise SupportBenchError(
+            f"{out.path} holds a training run; prepare writes a split folder (a run keeps its own in data/), choose another --out"
+        )
     columns, rows, report, source_info = load_rows(config.source)
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
@@ -315,7 +314,8 @@ def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str,
             f"{config.source}: missing required column(s) {', '.join(repr(c) for c in missing)}; found columns {columns}"
         )
     filler = PlaceholderFiller(load_placeholder_map(config.placeholders))
-    kept = clean_rows(rows, report, filler)
+    controls: Counter[str] = Counter()
+    kept = clean_rows(rows, report, filler, controls)
     splits = split_rows(kept, config)
     overlap = overlap_report(splits)
     if any(overlap.values()):
@@ -334,11 +334,12 @@ def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str,
         },
         "skipped_rows": report.skipped,
         "placeholders": filler.coverage(),
-        "overlap": {"normalized_instruction_pairs": overlap, "clean": True},
+        "control_characters_removed": dict(sorted(controls.items())),
+        "overlap": {"normalized_instruction_pairs": overlap, "shared_total": sum(overlap.values())},
         "splits": {
             name: {
                 "rows": len(rows_),
-                "file": f"{name}.jsonl",
+                "file": out.split_path(name).name,
                 "by_category": dict(sorted(Counter(r["category"] or "(none)" for r in rows_).items())),
                 "intents": len({r["intent"] for r in rows_}),
                 "instruction_hashes": sorted({instruction_hash(r["instruction"]) for r in rows_}),
@@ -348,27 +349,25 @@ def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str,
     }
     if manifest["counts"]["rows_in"] != manifest["counts"]["kept"] + manifest["counts"]["skipped"]:
         raise SupportBenchError("internal error: rows in != kept + skipped")
-    out_dir = Path(out_dir)
-    with staged_dir(out_dir) as tmp:
-        for name, rows_ in splits.items():
-            write_jsonl(tmp / f"{name}.jsonl", rows_)
-            manifest["splits"][name]["sha256"] = sha256_file(tmp / f"{name}.jsonl")
-        write_json(tmp / "manifest.json", manifest)
-        if out_dir.exists() and any(out_dir.iterdir()) and not force:
-            old = out_dir / "manifest.json"
-            if not old.is_file() or read_json(old).get("splits") != manifest["splits"]:
-                raise SupportBenchError(
-                    f"{out_dir} already holds different data; pass --force to replace it or choose another --out"
-                )
+    ensure_writable_dir(out.path)  # the first write, after every check of the input
+    contents = {name: jsonl_bytes(rows_) for name, rows_ in splits.items()}
+    for name, data in contents.items():
+        manifest["splits"][name]["sha256"] = hashlib.sha256(data).hexdigest()
+    ours = set(out.outputs())
+    others = sorted(p.name for p in out.path.iterdir() if p not in ours) if out.path.is_dir() else []
+    if not force:
+        if out.is_prepared and out.manifest().get("splits") != manifest["splits"]:
+            raise SupportBenchError(
+                f"{out.path} already holds different data; pass --force to replace it or choose another --out"
+            )
+        if not out.is_prepared and others:
+            raise SupportBenchError(
+                f"{out.path} holds other files ({', '.join(others[:5])}); pass --force or choose another --out"
+            )
+    for name, data in contents.items():
+        atomic_write_bytes(out.split_path(name), data)
+    write_json(out.manifest_path, manifest)  # last: a manifest names only splits that are complete
     return manifest
-
-
-def load_split(data_dir: Path, name: str) -> list[dict[str, Any]]:
-    """Read one prepared split, with a clear error when the folder holds none."""
-    path = Path(data_dir) / f"{name}.jsonl"
-    if not path.is_file():
-        raise SupportBenchError(f"no prepared {name} split at {path}; run `supportbench prepare --out {data_dir}` first")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def summary_lines(manifest: dict[str, Any], out_dir: Path) -> list[str]:
@@ -399,7 +398,9 @@ def load_twcs_pairs(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8", newline="") as handle:
         tweets = list(csv.DictReader(handle))
     needed = {"tweet_id", "author_id", "inbound", "text", "response_tweet_id"}
-    if tweets and not needed <= set(tweets[0]):
+    if not tweets:
+        raise SupportBenchError(f"{path}: no tweets (an empty or header-only TWCS file)")
+    if not needed <= set(tweets[0]):
         raise SupportBenchError(f"{path}: missing TWCS column(s) {sorted(needed - set(tweets[0]))}")
     by_id = {t["tweet_id"]: t for t in tweets}
     strip = lambda text: re.sub(r"^(@\w+\s*)+", "", text).strip()  # noqa: E731
@@ -422,4 +423,6 @@ def load_twcs_pairs(path: Path) -> list[dict[str, Any]]:
                         "tags": "",
                     }
                 )
+    if not pairs:
+        raise SupportBenchError(f"{path}: no customer tweet is answered by a company reply; nothing to score")
     return pairs

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import os
+import platform
 import resource
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,7 +22,6 @@ class DeviceChoice:
     dtype: torch.dtype
     bf16: bool
     fp16: bool
-    gradient_checkpointing: bool
     attn_implementation: str
 
     @property
@@ -28,14 +31,49 @@ class DeviceChoice:
 
 
 def pick_device(prefer: str | None = None) -> DeviceChoice:
-    """fp32 without checkpointing on CPU; bf16 on Ampere or newer GPUs, fp16 on older ones."""
+    """fp32 on CPU; bf16 on Ampere or newer GPUs, fp16 on older ones."""
     device = prefer or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         major, _ = torch.cuda.get_device_capability()
         bf16 = major >= 8
         attn = "flash_attention_2" if bf16 and importlib.util.find_spec("flash_attn") else "sdpa"
-        return DeviceChoice(device, torch.bfloat16 if bf16 else torch.float16, bf16, not bf16, False, attn)
-    return DeviceChoice(device, torch.float32, False, False, False, "sdpa")
+        return DeviceChoice(device, torch.bfloat16 if bf16 else torch.float16, bf16, not bf16, attn)
+    return DeviceChoice(device, torch.float32, False, False, "sdpa")
+
+
+PACKAGES = ("supportbench", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "lm_eval")
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and software behind a figure: CPU, cores, threads, device, dtype, GPU, package versions."""
+    device = pick_device()
+    info = {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device.device,
+        "dtype": device.dtype_name,
+        "attn": device.attn_implementation,
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in PACKAGES},
+    }
+    if device.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
 def reset_peak_memory() -> None:

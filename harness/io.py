@@ -19,16 +19,58 @@ class SupportBenchError(Exception):
     """An error caused by the user's input or environment, shown without a traceback."""
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _make_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise SupportBenchError(f"{folder} is a file, not a folder") from None
+    except OSError as err:
+        raise SupportBenchError(f"cannot create the folder {folder}: {err.strerror}") from None
+    if not folder.is_dir():
+        raise SupportBenchError(f"{folder} is a file, not a folder")
+
+
+def ensure_writable_dir(folder: Path) -> Path:
+    """Create folder if needed and prove it takes new files: a clear error for a file, or a read-only place."""
+    folder = Path(folder)
+    _make_dir(folder)
+    try:  # os.access says yes to root even on a read-only mount; creating a file tells the truth
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise SupportBenchError(f"cannot write into {folder}: {err.strerror}") from None
+    return folder
+
+
+def _temporary_in(folder: Path, name: str, make: Any) -> str:
+    _make_dir(folder)
+    try:
+        return make(dir=folder, prefix=f".{name}.")
+    except OSError as err:
+        raise SupportBenchError(f"cannot write into {folder}: {err.strerror}") from None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write bytes to path so that readers see either the old or the new file, never half of one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temporary_in(path.parent, path.name, lambda **kw: tempfile.mkstemp(suffix=".tmp", **kw))
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared results folder needs the usual modes
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -56,18 +98,45 @@ def read_json(path: Path) -> Any:
         raise SupportBenchError(f"malformed JSON in {path}: {err}") from err
 
 
+def jsonl_bytes(rows: Iterable[dict[str, Any]]) -> bytes:
+    """Rows as JSON lines (sorted keys, UTF-8): the exact bytes write_jsonl writes."""
+    return "".join(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+
+
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Write rows as JSON lines (sorted keys, UTF-8), atomically."""
-    lines = (json.dumps(row, sort_keys=True, ensure_ascii=False) for row in rows)
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    atomic_write_bytes(path, jsonl_bytes(rows))
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file."""
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Read the JSON objects of a JSON-lines file (the first `limit`), naming the file and line of a bad one."""
     path = Path(path)
     if not path.is_file():
         raise SupportBenchError(f"missing file: {path}")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if limit is not None and len(rows) >= limit:
+            break
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SupportBenchError(f"malformed JSON in {path}, line {number}: {err.msg} (truncated file?)") from err
+        if not isinstance(row, dict):
+            raise SupportBenchError(f"malformed JSON in {path}, line {number}: not an object")
+        rows.append(row)
+    return rows
+
+
+def read_yaml(text: str, origin: str) -> Any:
+    """Parse YAML text, naming its origin (a file or preset) and the position of a syntax error."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SupportBenchError(f"malformed YAML in {origin}: {err}".replace("\n", " ")) from err
 
 
 def sha256_file(path: Path) -> str:
@@ -83,8 +152,8 @@ def sha256_file(path: Path) -> str:
 def staged_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces `final` only when the block succeeds."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    tmp = Path(_temporary_in(final.parent, final.name, lambda **kw: tempfile.mkdtemp(suffix=".partial", **kw)))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
         if final.exists():

@@ -11,21 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from harness.bench import (
-    VARIANTS,
+from supportbench.bench import (
     batched_tokens_per_s,
     bench_queries,
     cold_materialize_seconds,
-    load_variant,
     prompts_for,
     summarize_replies,
     timed_reply,
 )
-from harness.device import peak_memory, reset_peak_memory
-from harness.io import read_json
-from harness.models import resolve
+from supportbench.device import peak_memory, reset_peak_memory
+from supportbench.models import resolve
+from supportbench.run import VARIANTS, RunDir
 
-RUN = Path(os.environ.get("SUPPORTBENCH_BENCH_RUN", "."))
+RUN = RunDir(Path(os.environ.get("SUPPORTBENCH_BENCH_RUN", ".")))
 QUICK = os.environ.get("SUPPORTBENCH_BENCH_QUICK") == "1"
 QUERIES = 3 if QUICK else 8
 MAX_NEW_TOKENS = 16 if QUICK else 64
@@ -35,14 +33,14 @@ MAX_NEW_TOKENS = 16 if QUICK else 64
 def loaded(request):
     """One variant's model and tokenizer, with peak memory tracked from just before its load."""
     reset_peak_memory()
-    model, tokenizer, _ = load_variant(RUN, request.param)
+    model, tokenizer = RUN.load_variant(request.param)
     yield request.param, model, tokenizer
     del model
 
 
 def test_cold_load(benchmark):
     """First materialization of a bundled GGUF into an empty cache."""
-    model_name = read_json(RUN / "train.json")["config"]["model"]
+    model_name = RUN.trained()["config"]["model"]
     if resolve(model_name).source != "gguf":
         pytest.skip(f"{model_name} needs no conversion")
     with tempfile.TemporaryDirectory() as cache:
@@ -53,7 +51,7 @@ def test_cold_load(benchmark):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_warm_load(benchmark, variant):
     """Loading from the materialized cache (plus adapter load and merge where the variant needs them)."""
-    benchmark.pedantic(load_variant, args=(RUN, variant), rounds=2, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(RUN.load_variant, args=(variant,), rounds=2, iterations=1, warmup_rounds=0)
     benchmark.extra_info.update({"variant": variant, "measure": "warm_load"})
 
 

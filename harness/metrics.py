@@ -1,13 +1,38 @@
-"""Offline text metrics with the same definitions as the notebook's `evaluate` rouge and bleu."""
+"""The metrics, declared once (name, label, direction, task), and their library implementations."""
 
 from __future__ import annotations
 
-import math
-from collections import Counter
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
-from harness.data import PLACEHOLDER
+GEN_TASK, PPL_TASK = "customer_support_gen", "customer_support_ppl"
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
+
+@dataclass(frozen=True)
+class Metric:
+    """How a metric is shown and read: its label, whether higher is better, and the lm-eval task reporting it."""
+
+    label: str
+    higher_is_better: bool
+    task: str
+
+
+# The one list of metrics; the task YAMLs' metric_list must name the same ones (a test checks).
+METRICS = {
+    "rouge1": Metric("ROUGE-1", True, GEN_TASK),
+    "rouge2": Metric("ROUGE-2", True, GEN_TASK),
+    "rougeL": Metric("ROUGE-L", True, GEN_TASK),
+    "bleu": Metric("BLEU-4", True, GEN_TASK),
+    "runon": Metric("run-on share", False, GEN_TASK),
+    "placeholder_leak": Metric("placeholder leak share", False, GEN_TASK),
+    "response_words": Metric("mean reply words", True, GEN_TASK),
+    "perplexity": Metric("perplexity (reply tokens)", False, PPL_TASK),
+    "perplexity_fulltext": Metric("perplexity (full text, notebook's)", False, PPL_TASK),
+}
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
@@ -24,40 +49,13 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
     return {name: scores[name].fmeasure for name in ROUGE_TYPES}
 
 
-@lru_cache(maxsize=1)
-def _tokenizer_13a():
-    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+def corpus_bleu(predictions: list[str], references: list[str]) -> float:
+    """Corpus BLEU-4 in 0..1 as `evaluate`'s bleu computes it: sacrebleu, 13a tokens, no smoothing."""
+    import sacrebleu
 
-    return Tokenizer13a()
-
-
-def _ngrams(tokens: list[str], order: int) -> Counter:
-    return Counter(tuple(tokens[i : i + order]) for i in range(len(tokens) - order + 1))
-
-
-def corpus_bleu(predictions: list[str], references: list[str], max_order: int = 4) -> float:
-    """Corpus BLEU-4 as `evaluate`'s bleu computes it: 13a tokens, clipped n-gram counts, no smoothing."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    tokenize = _tokenizer_13a()
-    matches, possible = [0] * max_order, [0] * max_order
-    pred_len = ref_len = 0
-    for prediction, reference in zip(predictions, references, strict=True):
-        pred, ref = tokenize(prediction).split(), tokenize(reference).split()
-        pred_len, ref_len = pred_len + len(pred), ref_len + len(ref)
-        for order in range(1, max_order + 1):
-            pred_ngrams, ref_ngrams = _ngrams(pred, order), _ngrams(ref, order)
-            matches[order - 1] += sum((pred_ngrams & ref_ngrams).values())
-            possible[order - 1] += max(len(pred) - order + 1, 0)
-    precisions = [m / p if p else 0.0 for m, p in zip(matches, possible, strict=True)]
-    if min(precisions) <= 0:
-        return 0.0
-    geo_mean = math.exp(sum(math.log(p) for p in precisions) / max_order)
-    if ref_len == 0 or pred_len == 0:
-        return 0.0
-    ratio = pred_len / ref_len
-    brevity_penalty = 1.0 if ratio > 1.0 else math.exp(1 - 1 / ratio)
-    return geo_mean * brevity_penalty
+    return sacrebleu.corpus_bleu(predictions, [references], smooth_method="none", tokenize="13a").score / 100
 
 
 def leaks_placeholder(text: str) -> bool:
@@ -68,3 +66,13 @@ def leaks_placeholder(text: str) -> bool:
 def word_count(text: str) -> int:
     """Whitespace-separated words in a reply."""
     return len(text.split())
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100, steps of 0.1), interpolated between order statistics as numpy's default."""
+    step = round(q * 10)
+    if len(values) == 1 or step >= 1000:
+        return max(values)
+    if step <= 0:
+        return min(values)
+    return statistics.quantiles(values, n=1000, method="inclusive")[step - 1]

@@ -11,11 +11,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from platformdirs import user_cache_dir, user_config_dir
 
-from harness.device import DeviceChoice, pick_device
-from harness.io import SupportBenchError, hub_reachable, staged_dir
+from supportbench.device import DeviceChoice, pick_device
+from supportbench.io import SupportBenchError, hub_reachable, read_yaml, staged_dir
 
 REGISTRY_ENV = "SUPPORTBENCH_REGISTRY"
 CACHE_ENV = "SUPPORTBENCH_CACHE"
@@ -56,10 +55,10 @@ def _user_registry_path() -> Path:
 
 def load_registry() -> dict[str, dict[str, Any]]:
     """The bundled registry with the user's registry file merged over it, validated."""
-    registry = yaml.safe_load(resources.files("harness").joinpath("registry.yaml").read_text(encoding="utf-8"))
+    registry = read_yaml(resources.files("supportbench").joinpath("registry.yaml").read_text(encoding="utf-8"), "registry.yaml")
     user_path = _user_registry_path()
     if user_path.is_file():
-        user = yaml.safe_load(user_path.read_text(encoding="utf-8")) or {}
+        user = read_yaml(user_path.read_text(encoding="utf-8"), f"model registry {user_path}") or {}
         if not isinstance(user, dict):
             raise SupportBenchError(f"model registry {user_path} must map aliases to entries")
         registry.update(user)
@@ -91,13 +90,13 @@ def resolve(name: str) -> ModelSpec:
     raise SupportBenchError(f"unknown model {name!r}: not a registry alias ({', '.join(registry)}), folder or hub id")
 
 
-def _gguf_cache_dir(spec: ModelSpec) -> Path:
+def _gguf_cache_dir(spec: ModelSpec, root: Path | None = None) -> Path:
     dist = spec.entry.get("gguf_distribution", spec.entry["gguf_package"])
     try:
         version = importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
-    return cache_root() / f"{spec.name}-{version}"
+    return (root or cache_root()) / f"{spec.name}-{version}"
 
 
 def _gguf_installed(spec: ModelSpec) -> bool:
@@ -136,9 +135,9 @@ def _locate_gguf(spec: ModelSpec, workdir: Path) -> Path:
     return path
 
 
-def materialize(spec: ModelSpec) -> Path:
-    """Convert a bundled GGUF to a cached safetensors folder once (atomically) and return that folder."""
-    final = _gguf_cache_dir(spec)
+def materialize(spec: ModelSpec, root: Path | None = None) -> Path:
+    """Convert a bundled GGUF to a safetensors folder in the cache (or `root`) once, atomically; return it."""
+    final = _gguf_cache_dir(spec, root)
     if (final / "config.json").is_file():
         return final
     import torch

@@ -2,58 +2,50 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
-import re
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from harness.device import pick_device
-from harness.io import SupportBenchError, read_json, write_json, write_jsonl
-from harness.metrics import ROUGE_TYPES, corpus_bleu
-from harness.models import model_path, resolve
-from harness.templates import cut_at_stops
-
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
-GEN_TASK, PPL_TASK = "customer_support_gen", "customer_support_ppl"
-GEN_METRICS = (*ROUGE_TYPES, "bleu", "runon", "placeholder_leak", "response_words")
-EVAL_DIR = "eval"
-
-
-@dataclass
-class EvalConfig:
-    """What one eval compares and on how much data."""
-
-    limit: int | None = 50  # generation examples; None = the whole split
-    ppl_limit: int | None = None  # perplexity examples; None = the whole split (the default everywhere but rank)
-    gen_batch_size: int = 32  # decoding is memory-bound on CPU: wide batches cost little more per step
-    ppl_batch_size: int = 8  # scoring is compute-bound and holds batch x length x vocab logits
-    max_new_tokens: int = 100
-    base_model: str | None = None  # another base model to score alone (no adapter) on the run's split
-    twcs: str | None = None  # score the out-of-domain TWCS pairs instead of the Bitext test split
-    seed: int = 1234
+from supportbench.config import EvalConfig
+from supportbench.data import instruction_hash, load_twcs_pairs
+from supportbench.device import pick_device
+from supportbench.io import SupportBenchError, ensure_writable_dir, write_json, write_jsonl
+from supportbench.metrics import GEN_TASK, METRICS, PPL_TASK, ROUGE_TYPES, corpus_bleu
+from supportbench.models import model_path, resolve
+from supportbench.run import EvalDir, RunDir
+from supportbench.tasks import include_path
+from supportbench.templates import cut_at_stops
 
 
-def check_no_leakage(run_dir: Path) -> dict[str, Any]:
-    """Refuse a test split that shares a normalized instruction with the adapter's training split."""
-    data = read_json(run_dir / "data" / "manifest.json")
-    train = read_json(run_dir / "train.json")
-    if train["data"]["train"] != data["splits"]["train"]["sha256"]:
+def check_no_leakage(run: RunDir) -> dict[str, Any]:
+    """Hash the exact train and test bytes that will be scored, match them to the manifests, and count shared
+    normalized instructions in those rows; refuse on any mismatch or overlap."""
+    split, trained = run.data, run.trained()
+    manifest = split.manifest()["splits"]
+    hashes = {}
+    for name in ("train", "test"):
+        data = split.split_path(name).read_bytes() if split.split_path(name).is_file() else b""
+        hashes[name] = hashlib.sha256(data).hexdigest()
+        if hashes[name] != manifest[name]["sha256"]:
+            raise SupportBenchError(
+                f"{split.split_path(name)} is not the {name} split its manifest describes (sha256 differs: edited, "
+                "truncated or missing); refusing to score"
+            )
+    if trained["data"]["train"] != hashes["train"]:
         raise SupportBenchError(
-            f"{run_dir}/data no longer holds the split the adapter was trained on (train sha256 differs); refusing to score"
+            f"{split.path} no longer holds the split the adapter was trained on (train sha256 differs); refusing to score"
         )
-    shared = set(data["splits"]["test"]["instruction_hashes"]) & set(data["splits"]["train"]["instruction_hashes"])
+    instructions = {name: {instruction_hash(r["instruction"]) for r in split.rows(name)} for name in ("train", "test")}
+    shared = len(instructions["train"] & instructions["test"])
     if shared:
         raise SupportBenchError(
-            f"test split shares {len(shared)} normalized instruction(s) with the training split; refusing to score"
+            f"test split shares {shared} normalized instruction(s) with the training split; refusing to score"
         )
-    return {
-        "train_sha256": data["splits"]["train"]["sha256"],
-        "test_sha256": data["splits"]["test"]["sha256"],
-        "shared_instructions": 0,
-    }
+    return {"train_sha256": hashes["train"], "test_sha256": hashes["test"], "shared_instructions": shared}
 
 
 def _metric(task_results: dict[str, Any], name: str) -> float:
@@ -72,7 +64,9 @@ def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], 
         pretrained=model_path, peft=adapter, device=device.device, dtype=device.dtype_name, batch_size=config.gen_batch_size
     )
     load_s = time.perf_counter() - started
-    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={**metadata, "tokenizer": model_path})
+    manager = TaskManager(
+        include_path=str(include_path()), include_defaults=False, metadata={**metadata, "tokenizer": model_path}
+    )
     common = {
         "model": lm,
         "task_manager": manager,
@@ -93,12 +87,9 @@ def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], 
     budget = lm.max_length - config.max_new_tokens
     truncated = sum(s["doc"]["prompt_tokens"] > budget for s in gen["samples"][GEN_TASK])
     capped = sum(len(lm.tok_encode(_raw(s))) >= config.max_new_tokens - 1 for s in gen["samples"][GEN_TASK])
+    results = {GEN_TASK: gen_results, PPL_TASK: ppl["results"][PPL_TASK]}
     return {
-        "metrics": {
-            **{m: _metric(gen_results, m) for m in GEN_METRICS},
-            "perplexity": _metric(ppl["results"][PPL_TASK], "perplexity"),
-            "perplexity_fulltext": _metric(ppl["results"][PPL_TASK], "perplexity_fulltext"),
-        },
+        "metrics": {name: _metric(results[metric.task], name) for name, metric in METRICS.items()},
         "n": {
             "generation": len(gen["samples"][GEN_TASK]),
             "perplexity": len(ppl["samples"][PPL_TASK]),
@@ -140,23 +131,33 @@ def delta_pct(base: float, tuned: float) -> float | None:
     return None if base == 0 else 100.0 * (tuned - base) / base
 
 
+def _check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
+    """Every eval precondition, checked before any model loads; returns the lm-eval task metadata."""
+    config.validate()
+    trained = run.require_adapter()
+    ensure_writable_dir(run.path)
+    metadata: dict[str, Any] = {"template": trained["template"], "data_dir": str(run.data.path)}
+    leakage = check_no_leakage(run)
+    if config.twcs:
+        load_twcs_pairs(Path(config.twcs))  # missing, header-only or pairless files fail here, not after a model load
+        metadata["twcs"] = config.twcs
+    else:
+        metadata["sha256"] = leakage["test_sha256"]  # the task refuses to load other bytes than these
+    return {"metadata": metadata, "leakage": leakage, "trained": trained}
+
+
 def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
     """Score base and base+adapter on the run's held-out split and write eval/ into the run folder."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "train.json").is_file():
-        raise SupportBenchError(f"{run_dir} holds no finished training run (train.json); run `supportbench train` first")
-    leakage = check_no_leakage(run_dir)
-    train = read_json(run_dir / "train.json")
-    metadata = {"template": train["template"], "data_dir": str(run_dir / "data")}
-    if config.twcs:
-        metadata["twcs"] = config.twcs
-    if config.base_model and config.base_model != train["config"]["model"]:
-        return score_other_base(run_dir, config, metadata)
-    base_name = train["config"]["model"]
+    run = RunDir(run_dir)
+    checked = _check_before_work(run, config)
+    metadata, trained = checked["metadata"], checked["trained"]
+    base_name = trained["config"]["model"]
+    if config.base_model and config.base_model != base_name:
+        return score_other_base(run, config, metadata)
     path = model_path(base_name)
     results = {
         "base": score_model(path, None, metadata, config),
-        "finetuned": score_model(path, str(run_dir / train["adapter"]), metadata, config),
+        "finetuned": score_model(path, str(run.adapter), metadata, config),
     }
     base, tuned = results["base"], results["finetuned"]
     by_id = {s["doc"]["id"]: s for s in tuned["samples"]}
@@ -174,12 +175,12 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
         for s in base["samples"]
     ]
     summary = {
-        "run": str(run_dir),
+        "run": str(run.path),
         "dataset": "twcs" if config.twcs else "bitext-test",
         "base_model": base_name,
-        "template": train["template"],
+        "template": trained["template"],
         "config": asdict(config),
-        "leakage_check": leakage,
+        "leakage_check": checked["leakage"],
         "n": {"base": base["n"], "finetuned": tuned["n"]},
         "caps": {"generation_limit": config.limit, "perplexity_limit": config.ppl_limit, "max_new_tokens": config.max_new_tokens},
         "metrics": {"base": base["metrics"], "finetuned": tuned["metrics"]},
@@ -187,19 +188,19 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
         "timing_s": {"base": base["timing_s"], "finetuned": tuned["timing_s"]},
         "lm_eval": {"version": importlib.metadata.version("lm_eval"), "config": base["lm_eval_config"]},
     }
-    out = run_dir / EVAL_DIR / ("ood" if config.twcs else "")
-    write_json(out / "per_category.json", {"base": per_category(base["samples"]), "finetuned": per_category(tuned["samples"])})
-    write_jsonl(out / "samples.jsonl", side_by_side)
-    write_json(out / "metrics.json", summary)
+    out: EvalDir = run.ood if config.twcs else run.eval
+    write_json(out.per_category, {"base": per_category(base["samples"]), "finetuned": per_category(tuned["samples"])})
+    write_jsonl(out.samples, side_by_side)
+    write_json(out.metrics, summary)
     return summary
 
 
-def score_other_base(run_dir: Path, config: EvalConfig, metadata: dict[str, Any]) -> dict[str, Any]:
+def score_other_base(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> dict[str, Any]:
     """Score another base model alone on the run's held-out split, in its own template; write eval/base_models/."""
     name = config.base_model
     result = score_model(model_path(name), None, {**metadata, "template": resolve(name).template}, config)
     summary = {
-        "run": str(run_dir),
+        "run": str(run.path),
         "dataset": "twcs" if config.twcs else "bitext-test",
         "base_model": name,
         "template": resolve(name).template,
@@ -209,7 +210,7 @@ def score_other_base(run_dir: Path, config: EvalConfig, metadata: dict[str, Any]
         "timing_s": {"base": result["timing_s"]},
         "lm_eval": {"version": importlib.metadata.version("lm_eval"), "config": result["lm_eval_config"]},
     }
-    write_json(run_dir / EVAL_DIR / "base_models" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.json", summary)
+    write_json(run.base_model_scores(name), summary)
     return summary
 
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from harness.io import SupportBenchError
+from supportbench.io import SupportBenchError
 
 SYSTEM_PROMPT = "You are a friendly, professional customer-support agent. Answer the customer's message helpfully and concisely."
 SEED_CUSTOMER = "### Customer:"

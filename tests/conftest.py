@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from tiny_model import build_tiny_model
 
-from trainers.config import TrainConfig
+from supportbench.config import TrainConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BITEXT = Path(os.environ.get("SUPPORTBENCH_DATA") or SHARED / "bitext" / "bitext_customer_support_4514.csv")
@@ -52,6 +52,15 @@ def write_csv(path: Path, rows: list[dict[str, str]], columns: list[str] | None 
     return path
 
 
+def small_split(tmp_path: Path, out: Path, rows: list[dict[str, str]] | None = None, **config: Any) -> dict[str, Any]:
+    """Prepare the fixture rows (or `rows`) into out with a 16-row test and 8-row validation split."""
+    from supportbench.config import DataConfig
+    from supportbench.data import prepare
+
+    source = str(write_csv(tmp_path / "d.csv", rows or fixture_rows()))
+    return prepare(DataConfig(source=source, **{"test_size": 16, "validation_size": 8, **config}), out)
+
+
 @pytest.fixture
 def fixture_csv(tmp_path: Path) -> Path:
     """A clean 120-row CSV in the Hugging Face schema."""
@@ -63,6 +72,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama model whose vocabulary covers the fixture data."""
     corpus = [r["instruction"] + " " + r["response"] for r in fixture_rows()]
     corpus += ["### customer : support agent : sure orders ord-98765 website 1-800-555-0199 alex morgan"]
+    corpus += ["abcdef"]  # the probe word transformers' StopStringCriteria tokenizes to map the vocabulary
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus)
 
 
@@ -92,11 +102,10 @@ def tiny_config(model_dir: Path, **overrides: Any) -> TrainConfig:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """A finished 4-step LoRA run of the tiny model on a small prepared split."""
-    from harness.data import DataConfig, prepare
-    from trainers.lora import train
+    from supportbench.trainers.lora import train
 
     root = tmp_path_factory.mktemp("tinyrun")
     run = root / "run"
-    prepare(DataConfig(source=str(write_csv(root / "d.csv", fixture_rows())), test_size=16, validation_size=8), run / "data")
+    small_split(root, run / "data")
     train(tiny_config(tiny_model_dir, save_steps=4), run)
     return run

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.app import chat, compare, history_turns, performance_markdown
-from harness.assistant import MAX_QUERY_CHARS, Assistant
-from harness.io import SupportBenchError
+from supportbench.app import chat, compare, history_turns, performance_markdown
+from supportbench.assistant import MAX_QUERY_CHARS, Assistant
+from supportbench.io import SupportBenchError
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = Path(os.environ.get("SUPPORTBENCH_SCREENSHOTS", "screenshots"))
@@ -88,7 +88,7 @@ def served(tiny_run):
     """`supportbench app` running on a free localhost port."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "app", "--run", str(tiny_run), "--port", str(port)],
+        [sys.executable, "-m", "supportbench.cli", "app", "--run", str(tiny_run), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

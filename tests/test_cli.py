@@ -8,9 +8,14 @@ import sys
 import pytest
 from conftest import fixture_rows, write_csv
 
-from harness.cli import main
+from supportbench.cli import build_parser, main
+from supportbench.config import EvalConfig, TrainConfig
 
-STAGES = ["prepare", "train", "eval", "models"]
+STAGES = sorted(build_parser()._subparsers._group_actions[0].choices)
+
+
+def test_the_parser_knows_every_stage():
+    assert STAGES == sorted(["prepare", "train", "eval", "bench", "report", "rank", "app", "models", "tasks-path"])
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -19,12 +24,53 @@ def test_every_subcommand_has_help(stage, capsys):
         main([stage, "--help"])
     assert exit_info.value.code == 0
     assert "usage: supportbench " + stage in capsys.readouterr().out
+    subparser = build_parser()._subparsers._group_actions[0].choices[stage]
+    valued = [a for a in subparser._actions if a.option_strings and a.nargs != 0 and not a.required]
+    assert all("default" in a.help for a in valued), [a.option_strings for a in valued if "default" not in a.help]
+
+
+def test_help_shows_the_config_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {EvalConfig().limit})" in out and f"(default: {EvalConfig().gen_batch_size})" in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "bundled preset (default: ci)" in out and f"built-in {TrainConfig().learning_rate}" in out
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; from supportbench.cli import main\n"
+        "for stage in ('', 'prepare', 'train', 'eval', 'bench', 'rank'):\n"
+        "    try: main([stage, '--help'] if stage else ['--help'])\n"
+        "    except SystemExit: pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'lm_eval', 'trl') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--out", "x", "--max-steps", "0"], "max_steps=0"),
+        (["eval", "--run", "x", "--limit", "0"], "limit=0"),
+        (["rank", "--out", "x", "--models", " , "], "models=[]"),
+    ],
+)
+def test_nonsense_flag_values_are_rejected_before_work(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_prepare_without_response_column_fails_and_writes_nothing(tmp_path):
     path = write_csv(tmp_path / "d.csv", fixture_rows(), columns=["instruction", "intent", "category"])
     result = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "prepare", "--data", str(path), "--out", str(tmp_path / "out")],
+        [sys.executable, "-m", "supportbench.cli", "prepare", "--data", str(path), "--out", str(tmp_path / "out")],
         capture_output=True,
         text=True,
     )

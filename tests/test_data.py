@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import BITEXT, TWCS, fixture_rows, write_csv
 
-from harness.data import DataConfig, PlaceholderFiller, load_placeholder_map, load_twcs_pairs, normalize_instruction, prepare
-from harness.io import SupportBenchError
+from supportbench.config import DataConfig
+from supportbench.data import PlaceholderFiller, load_placeholder_map, load_twcs_pairs, normalize_instruction, prepare
+from supportbench.io import SupportBenchError
 
 
 def _prepare(path: Path, out: Path, **kwargs) -> dict:
@@ -133,7 +134,7 @@ def test_notebook_mode_samples_then_splits_90_10(tmp_path):
 def test_missing_file_and_bad_config(tmp_path):
     with pytest.raises(SupportBenchError, match="data file not found"):
         _prepare(tmp_path / "nope.csv", tmp_path / "out")
-    with pytest.raises(SupportBenchError, match="data mode"):
+    with pytest.raises(SupportBenchError, match="invalid data config: mode='random'"):
         _prepare(write_csv(tmp_path / "d.csv", fixture_rows()), tmp_path / "out", mode="random")
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.io import SupportBenchError, read_json, write_json
-from harness.scoring import TASKS_DIR, EvalConfig, evaluate_run, table_lines
+from supportbench.config import EvalConfig
+from supportbench.io import SupportBenchError, read_json, write_json
+from supportbench.scoring import evaluate_run, table_lines
+from supportbench.tasks import include_path
 
 
 def test_plain_lm_eval_cli_runs_both_tasks(tiny_run, tiny_model_dir, tmp_path):
@@ -22,7 +24,7 @@ def test_plain_lm_eval_cli_runs_both_tasks(tiny_run, tiny_model_dir, tmp_path):
             "-m",
             "lm_eval",
             "--include_path",
-            str(TASKS_DIR),
+            str(include_path()),
             "--tasks",
             "customer_support",
             "--model",
@@ -51,7 +53,7 @@ def test_plain_lm_eval_cli_runs_both_tasks(tiny_run, tiny_model_dir, tmp_path):
 
 def test_lm_eval_lists_the_three_tasks():
     result = subprocess.run(
-        [sys.executable, "-m", "lm_eval", "ls", "tasks", "--include_path", str(TASKS_DIR)],
+        [sys.executable, "-m", "lm_eval", "ls", "tasks", "--include_path", str(include_path())],
         capture_output=True,
         text=True,
         timeout=300,
@@ -74,18 +76,20 @@ def test_eval_writes_results_and_repeats_exactly(tiny_run):
     assert "perplexity_fulltext" in "\n".join(table_lines(first))
 
 
-def test_eval_refuses_a_leaking_split(tiny_run, tmp_path):
-    leaky = tmp_path / "leaky"
-    shutil.copytree(tiny_run, leaky)
-    manifest = read_json(leaky / "data" / "manifest.json")
-    manifest["splits"]["train"]["instruction_hashes"].append(manifest["splits"]["test"]["instruction_hashes"][0])
-    write_json(leaky / "data" / "manifest.json", manifest)
-    with pytest.raises(SupportBenchError, match="shares 1 normalized instruction"):
-        evaluate_run(leaky, EvalConfig(limit=2))
+def test_eval_refuses_a_split_that_is_not_the_trained_one(tiny_run, tmp_path):
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_run, changed)
+    manifest = read_json(changed / "data" / "manifest.json")
     manifest["splits"]["train"]["sha256"] = "0" * 64
-    write_json(leaky / "data" / "manifest.json", manifest)
+    write_json(changed / "data" / "manifest.json", manifest)
+    with pytest.raises(SupportBenchError, match="is not the train split its manifest describes"):
+        evaluate_run(changed, EvalConfig(limit=2))
+    shutil.copy(tiny_run / "data" / "manifest.json", changed / "data" / "manifest.json")
+    trained = read_json(changed / "train.json")
+    trained["data"]["train"] = "0" * 64
+    write_json(changed / "train.json", trained)
     with pytest.raises(SupportBenchError, match="no longer holds the split the adapter was trained on"):
-        evaluate_run(leaky, EvalConfig(limit=2))
+        evaluate_run(changed, EvalConfig(limit=2))
 
 
 def test_eval_needs_a_finished_run(tmp_path: Path):

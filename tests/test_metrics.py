@@ -6,10 +6,9 @@ import math
 
 import pytest
 from rouge_score import rouge_scorer
-from sacrebleu.metrics import BLEU
 
-from harness.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
-from harness.templates import get_template, has_runon
+from supportbench.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
+from supportbench.templates import get_template, has_runon
 
 PAIRS = [
     ("I can help you cancel order ORD-98765 today.", "I can help you cancel your order ORD-98765."),
@@ -41,12 +40,6 @@ def test_bleu_by_hand():
     assert corpus_bleu(["a b c d e f"], ["a b c d e g"]) == pytest.approx(expected)
     # a short hypothesis pays the brevity penalty exp(1 - ref/hyp)
     assert corpus_bleu(["a b c d"], ["a b c d e f"]) == pytest.approx(math.exp(1 - 6 / 4))
-
-
-def test_bleu_matches_sacrebleu_without_smoothing():
-    predictions, references = zip(*PAIRS, strict=True)
-    sacre = BLEU(smooth_method="none", tokenize="13a").corpus_score(list(predictions), [list(references)])
-    assert corpus_bleu(list(predictions), list(references)) == pytest.approx(sacre.score / 100, abs=1e-9)
 
 
 def test_format_checks():

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import models
-from harness.device import pick_device
-from harness.io import SupportBenchError
+from supportbench import models
+from supportbench.device import pick_device
+from supportbench.io import SupportBenchError
 
 
 def test_aliases_hub_ids_and_folders_resolve(tiny_model_dir):
@@ -55,9 +55,9 @@ def test_offline_hub_model_fails_clearly(monkeypatch):
         models.model_path("someone/uncached-model")
 
 
-def test_cpu_gets_fp32_without_checkpointing():
+def test_cpu_gets_fp32():
     choice = pick_device("cpu")
-    assert (choice.dtype, choice.bf16, choice.fp16, choice.gradient_checkpointing) == (torch.float32, False, False, False)
+    assert (choice.dtype, choice.bf16, choice.fp16, choice.attn_implementation) == (torch.float32, False, False, "sdpa")
 
 
 def test_killed_materialization_leaves_no_loadable_folder(monkeypatch):

@@ -8,6 +8,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import yaml
+
+from supportbench.metrics import GEN_TASK, METRICS, PPL_TASK
+from supportbench.tasks import include_path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,20 +23,39 @@ def test_ci_runs_the_readme_test_command():
     assert command in ci_lines
 
 
-def test_wheel_carries_task_yamls_presets_templates_and_registry(tmp_path):
+def test_wheel_installs_one_namespace_with_its_data_files(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
         check=True,
         cwd=tmp_path,
     )
     wheel = next(tmp_path.glob("supportbench-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert {name.split("/")[0] for name in names} == {"supportbench", wheel.name.split("-py")[0] + ".dist-info"}
     for needed in (
-        "tasks/customer_support/customer_support_gen.yaml",
-        "tasks/customer_support/_customer_support_common",
-        "tasks/customer_support/utils.py",
-        "trainers/presets/ci.yaml",
-        "harness/registry.yaml",
-        "harness/placeholders.yaml",
+        "supportbench/tasks/customer_support/customer_support_gen.yaml",
+        "supportbench/tasks/customer_support/_customer_support_common",
+        "supportbench/tasks/customer_support/utils.py",
+        "supportbench/trainers/presets/ci.yaml",
+        "supportbench/registry.yaml",
+        "supportbench/placeholders.yaml",
+        "supportbench/reports/templates/report.j2",
+        "supportbench/reports/notebook_reference.yaml",
     ):
         assert needed in names, needed
+
+
+class _TaskLoader(yaml.SafeLoader):
+    """Reads lm-eval task YAMLs, keeping `!function` references as plain strings."""
+
+
+_TaskLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+def test_task_yamls_report_exactly_the_declared_metrics():
+    folder = include_path() / "customer_support"
+    reported = {}
+    for task in (GEN_TASK, PPL_TASK):
+        config = yaml.load((folder / f"{task}.yaml").read_text(), Loader=_TaskLoader)
+        reported.update({m["metric"]: (task, m["higher_is_better"]) for m in config["metric_list"]})
+    assert reported == {name: (m.task, m.higher_is_better) for name, m in METRICS.items()}

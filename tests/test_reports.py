@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 from conftest import fixture_rows, write_csv
 
-from harness.bench import VARIANTS, run_suite
-from harness.data import DataConfig, prepare
-from harness.io import read_json
-from harness.rank import RankConfig, rank, run_folder
-from harness.scoring import EvalConfig, evaluate_run
-from reports.render import METRIC_LABELS, fmt, write_comparison, write_leaderboard, write_run_report
+from supportbench.bench import run_suite
+from supportbench.config import DataConfig, EvalConfig, RankConfig
+from supportbench.data import prepare
+from supportbench.io import read_json
+from supportbench.metrics import METRICS
+from supportbench.rank import rank
+from supportbench.reports.render import fmt, write_comparison, write_leaderboard, write_run_report
+from supportbench.run import VARIANTS, BoardDir
+from supportbench.scoring import evaluate_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -63,8 +66,8 @@ def test_report_numbers_equal_the_json(full_run):
     markdown = (full_run / "report.md").read_text()
     metrics = read_json(full_run / "eval" / "metrics.json")
     table = _table(markdown, "Quality: base vs fine-tuned")
-    for key, label in METRIC_LABELS.items():
-        assert table[label][:2] == [fmt(metrics["metrics"]["base"][key]), fmt(metrics["metrics"]["finetuned"][key])], key
+    for key, metric in METRICS.items():
+        assert table[metric.label][:2] == [fmt(metrics["metrics"]["base"][key]), fmt(metrics["metrics"]["finetuned"][key])], key
     bench = read_json(full_run / "bench" / "summary.json")["variants"]
     latency = _table(markdown, "Latency and memory")
     for variant, row in bench.items():
@@ -128,7 +131,7 @@ def test_report_renders_in_headless_chromium(full_run, tmp_path):
 def test_rank_lists_failures_and_reuses_finished_models(tiny_model_dir, tmp_path):
     out = tmp_path / "board"
     data = write_csv(tmp_path / "d.csv", fixture_rows())
-    prepare(DataConfig(source=str(data), test_size=16, validation_size=8), run_folder(out, str(tiny_model_dir)) / "data")
+    prepare(DataConfig(source=str(data), test_size=16, validation_size=8), BoardDir(out).run(str(tiny_model_dir)).data.path)
     config = RankConfig(models=(str(tiny_model_dir), "no-such-model"), preset="ci", limit=3, max_steps=2)
     board = rank(config, out)
     assert [r["status"] for r in board["rows"]] == ["ok", "failed"]
@@ -136,6 +139,6 @@ def test_rank_lists_failures_and_reuses_finished_models(tiny_model_dir, tmp_path
     html, markdown = write_leaderboard(board, out)
     assert "no-such-model" in markdown.read_text() and "failed: SupportBenchError" in markdown.read_text()
     assert 'id="chart"' in html.read_text()
-    before = (run_folder(out, str(tiny_model_dir)) / "train.json").stat().st_mtime
+    before = BoardDir(out).run(str(tiny_model_dir)).manifest_path.stat().st_mtime
     assert rank(config, out)["rows"][0]["finetuned"] == board["rows"][0]["finetuned"]
-    assert (run_folder(out, str(tiny_model_dir)) / "train.json").stat().st_mtime == before
+    assert BoardDir(out).run(str(tiny_model_dir)).manifest_path.stat().st_mtime == before

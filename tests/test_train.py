@@ -11,21 +11,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import fixture_rows, tiny_config, write_csv
+from conftest import small_split, tiny_config
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from harness.data import DataConfig, prepare
-from harness.io import SupportBenchError, read_json
-from trainers.config import TrainConfig, load_config, preset_names
-from trainers.lora import train
+from supportbench.config import TrainConfig, load_train_config, preset_names
+from supportbench.io import SupportBenchError, read_json
+from supportbench.trainers.lora import train
 
 
 @pytest.fixture
 def run_with_data(tmp_path) -> Path:
     """A run folder with a small prepared split."""
     run = tmp_path / "run"
-    prepare(DataConfig(source=str(write_csv(tmp_path / "d.csv", fixture_rows())), test_size=16, validation_size=8), run / "data")
+    small_split(tmp_path, run / "data")
     return run
 
 
@@ -53,9 +52,9 @@ def test_tiny_model_trains_into_a_complete_run_folder(tiny_model_dir, run_with_d
 
 
 def test_loss_is_on_completion_tokens_only(tiny_model_dir, run_with_data):
-    from harness.device import pick_device
-    from harness.models import load_model
-    from trainers.lora import SpeedKnobs, make_trainer
+    from supportbench.device import pick_device
+    from supportbench.models import load_model
+    from supportbench.trainers.lora import SpeedKnobs, make_trainer
 
     model, tokenizer = load_model(str(tiny_model_dir))
     rows = [{"instruction": "please help me cancel order", "response": "Sure, I can help."}]
@@ -87,19 +86,19 @@ def test_bad_config_values_are_rejected(overrides, error):
 
 def test_presets_and_user_yaml(tmp_path):
     assert {"ci", "cpu-best", "seed-exp1", "seed-exp2", "gemma3-270m"} <= set(preset_names())
-    exp1 = load_config("seed-exp1")
+    exp1 = load_train_config("seed-exp1")
     assert (exp1.lora_r, exp1.lora_alpha, exp1.learning_rate, exp1.epochs, exp1.effective_batch) == (16, 32, 2e-4, 3, 16)
     assert exp1.lora_targets == ["q_proj", "v_proj"] and exp1.model == "tinyllama-1.1b-chat"
-    exp2 = load_config("seed-exp2")
+    exp2 = load_train_config("seed-exp2")
     assert (exp2.lora_r, exp2.lora_alpha, exp2.learning_rate, exp2.epochs) == (8, 16, 5e-5, 1)
     user = tmp_path / "mine.yaml"
     user.write_text(yaml.safe_dump({"learning_rate": 1e-4}))
-    assert load_config("ci", str(user), max_steps=3).learning_rate == 1e-4
+    assert load_train_config("ci", str(user), max_steps=3).learning_rate == 1e-4
     user.write_text(yaml.safe_dump({"learnin_rate": 1e-4}))
     with pytest.raises(SupportBenchError, match="unknown config key.*learnin_rate"):
-        load_config("ci", str(user))
+        load_train_config("ci", str(user))
     with pytest.raises(SupportBenchError, match="unknown preset"):
-        load_config("no-such-preset")
+        load_train_config("no-such-preset")
 
 
 def test_missing_lora_target_fails_before_training(tiny_model_dir, run_with_data):
@@ -116,7 +115,7 @@ def test_resume_without_checkpoint_is_refused(tiny_model_dir, run_with_data):
 def test_sigkill_then_resume_finishes_at_the_right_step(tiny_model_dir, run_with_data, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**tiny_config(tiny_model_dir, max_steps=40, save_steps=5).__dict__}))
-    command = [sys.executable, "-m", "harness.cli", "train", "--config", str(config), "--out", str(run_with_data)]
+    command = [sys.executable, "-m", "supportbench.cli", "train", "--config", str(config), "--out", str(run_with_data)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     checkpoints = run_with_data / "checkpoints"
     deadline = time.time() + 120
@@ -130,7 +129,7 @@ def test_sigkill_then_resume_finishes_at_the_right_step(tiny_model_dir, run_with
     (partial / "trainer_state.json").write_text('{"global_step": 9')
     assert not (run_with_data / "train.json").exists() and not (run_with_data / "adapter").exists()
     with pytest.raises(SupportBenchError, match="pass --resume"):
-        train(load_config(None, str(config)), run_with_data)
-    manifest = train(load_config(None, str(config)), run_with_data, resume=True)
+        train(load_train_config(None, str(config)), run_with_data)
+    manifest = train(load_train_config(None, str(config)), run_with_data, resume=True)
     assert manifest["resumed_from"] is not None
     assert manifest["steps"] == 40

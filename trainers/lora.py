@@ -1,9 +1,8 @@
-"""The train stage: a base model plus the prepared split become a LoRA adapter in a run folder."""
+"""The train stage as a recipe: setup (every check first, then data, model, trainer), fit, save."""
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import random
@@ -12,42 +11,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.data import DataConfig, load_split, prepare, resolve_source
-from harness.device import DeviceChoice, peak_memory, pick_device
-from harness.io import SupportBenchError, atomic_write_bytes, read_json, staged_dir, write_json
-from harness.models import load_model, resolve
-from harness.templates import Turn, get_template
-from trainers.config import TrainConfig
-
-ADAPTER_DIR = "adapter"
-CHECKPOINT_DIR = "checkpoints"
-DATA_DIR = "data"
-RUN_MANIFEST = "train.json"
-RUN_CONFIG = "train_config.json"
+from supportbench.config import DataConfig, TrainConfig, resolve_source
+from supportbench.data import prepare
+from supportbench.device import DeviceChoice, machine_info, peak_memory, pick_device
+from supportbench.io import SupportBenchError, atomic_write_bytes, ensure_writable_dir, read_json, staged_dir, write_json
+from supportbench.metrics import percentile
+from supportbench.models import load_model, model_path, resolve
+from supportbench.plots import loss_curve_png
+from supportbench.run import SPLITS, RunDir, SplitDir
+from supportbench.templates import Turn, get_template
 
 
 @dataclass(frozen=True)
 class SpeedKnobs:
-    """The training-speed choices that the throughput benchmark varies one at a time."""
+    """The training-speed choices that the throughput benchmark varies one at a time; defaults are ours."""
 
     completion_only: bool = True  # prompt-completion data, loss on the reply only
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # CPU RAM is plentiful for these models; recomputation only costs time
     group_by_length: bool = True
     max_length: int = 1024
 
 
-def knobs_for(device: DeviceChoice, max_length: int) -> SpeedKnobs:
-    """Our recipe on this device: checkpointing only where the device asks for it, length-grouped batches."""
-    return SpeedKnobs(True, device.gradient_checkpointing, True, max_length)
-
-
-def ensure_data(run_dir: Path, data: str | None) -> Path:
-    """Return the run's prepared-data folder, preparing it first when the run has none."""
-    data_dir = run_dir / DATA_DIR
-    if not (data_dir / "manifest.json").is_file():
-        manifest = prepare(DataConfig(source=resolve_source(data)), data_dir)
-        print(f"prepared {manifest['counts']['kept']} rows into {data_dir}")
-    return data_dir
+def ensure_data(run: RunDir, data: str | None) -> SplitDir:
+    """The run's prepared split, preparing it first when the run has none."""
+    if not run.data.is_prepared:
+        manifest = prepare(DataConfig(source=resolve_source(data)), run.data.path)
+        print(f"prepared {manifest['counts']['kept']} rows into {run.data.path}")
+    return run.data
 
 
 def build_examples(rows: list[dict[str, Any]], template_name: str, tokenizer: Any) -> list[dict[str, str]]:
@@ -67,29 +57,30 @@ def token_lengths(examples: list[dict[str, str]], tokenizer: Any) -> list[int]:
     return [len(ids) for ids in tokenizer([e["prompt"] + e["completion"] for e in examples])["input_ids"]]
 
 
-def choose_max_length(lengths: list[int], percentile: float) -> tuple[int, dict[str, Any]]:
-    """Max length at the given percentile of the measured distribution, rounded up to a multiple of 8."""
-    ordered = sorted(lengths)
-    pick = lambda q: ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)]  # noqa: E731
-    max_length = int(math.ceil(pick(percentile) / 8) * 8)
+def choose_max_length(lengths: list[int], q: float) -> tuple[int, dict[str, Any]]:
+    """Max length at the q-th percentile of the measured distribution, rounded up to a multiple of 8."""
+    max_length = int(math.ceil(percentile(lengths, q) / 8) * 8)
     stats = {
-        "p50": pick(50),
-        "p90": pick(90),
-        "p99": pick(99),
-        "max": ordered[-1],
-        "percentile": percentile,
+        "p50": percentile(lengths, 50),
+        "p90": percentile(lengths, 90),
+        "p99": percentile(lengths, 99),
+        "max": max(lengths),
+        "percentile": q,
         "max_length": max_length,
         "truncated_examples": sum(n > max_length for n in lengths),
     }
     return max_length, stats
 
 
-def check_lora_targets(model: Any, targets: list[str] | str) -> None:
-    """Fail early when a named LoRA target matches no linear layer of the model."""
+def check_lora_targets(model_dir: str, targets: list[str] | str) -> None:
+    """Fail before any work when a named LoRA target matches no linear layer (checked on weightless meta tensors)."""
     if targets == "all-linear":
         return
     import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    with torch.random.fork_rng(), torch.device("meta"):  # leaves the RNG, hence training, exactly as it was
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
     linear = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
     missing = [t for t in targets if t not in linear]
     if missing:
@@ -177,19 +168,6 @@ def _subset(rows: list[dict[str, Any]], limit: int | None, seed: int) -> list[di
     return sorted(random.Random(seed).sample(rows, limit), key=lambda r: r["source_row"])
 
 
-def _package_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    names = ("supportbench", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "lm_eval")
-    out = {}
-    for name in names:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
 def last_complete_checkpoint(folder: Path) -> str | None:
     """The newest checkpoint whose trainer_state.json (written last by the Trainer) is complete; a kill mid-save
     leaves a newer, partial checkpoint that must be skipped."""
@@ -203,147 +181,136 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     return None
 
 
-def _start_or_resume(run_dir: Path, config: TrainConfig, resume: bool) -> str | None:
-    if (run_dir / RUN_MANIFEST).is_file():
-        raise SupportBenchError(f"{run_dir} already holds a finished run; choose another --out (or --reuse it)")
-    checkpoints = run_dir / CHECKPOINT_DIR
-    last = last_complete_checkpoint(checkpoints) if checkpoints.is_dir() else None
-    stored = run_dir / RUN_CONFIG
-    if resume:
+def _config_diff(config: TrainConfig, stored: dict[str, Any]) -> list[str]:
+    return sorted(k for k, v in dataclasses.asdict(config).items() if stored.get(k) != v)
+
+
+class LoRARecipe:
+    """One LoRA run into a run folder: `setup`, `fit` and `save`, with device and precision decided once."""
+
+    def __init__(self, config: TrainConfig, run: RunDir, resume: bool = False, data: str | None = None):
+        self.config, self.run, self.resume, self.data = config, run, resume, data
+        self.device: DeviceChoice = pick_device()
+        self.template = config.template or resolve(config.model).template
+
+    def _checkpoint_to_resume(self) -> str | None:
+        """Check the folder's state against --resume; return the checkpoint to continue from, if any."""
+        run = self.run
+        if run.is_finished:
+            raise SupportBenchError(f"{run.path} already holds a finished run; choose another --out (or --reuse it)")
+        last = last_complete_checkpoint(run.checkpoints) if run.checkpoints.is_dir() else None
+        if not self.resume:
+            if last is not None:
+                raise SupportBenchError(f"{run.path} has checkpoints of an unfinished run; pass --resume to continue it")
+            return None
         if last is None:
-            raise SupportBenchError(f"--resume: {run_dir} has no checkpoint to resume from")
-        saved = read_json(stored)
-        diff = sorted(k for k, v in dataclasses.asdict(config).items() if saved.get(k) != v)
+            raise SupportBenchError(f"--resume: {run.path} has no checkpoint to resume from")
+        diff = _config_diff(self.config, read_json(run.config_path))
         if diff:
             raise SupportBenchError(f"--resume: the config differs from the interrupted run's in {diff}")
         return last
-    if last is not None:
-        raise SupportBenchError(f"{run_dir} has checkpoints of an unfinished run; pass --resume to continue it")
-    write_json(stored, dataclasses.asdict(config))
-    return None
 
+    def setup(self) -> None:
+        """Check every precondition (no file written, no weights loaded), then prepare data, model and trainer."""
+        from transformers.trainer_callback import ProgressCallback
 
-def save_loss_curve(history: list[dict[str, Any]], path: Path) -> None:
-    """Plot train and eval loss against step into a PNG."""
-    import matplotlib
+        from supportbench.trainers.progress import ProgressBar
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        config = self.config
+        get_template(self.template)
+        self.last_checkpoint = self._checkpoint_to_resume()
+        check_lora_targets(model_path(config.model), config.lora_targets)
+        ensure_writable_dir(self.run.path)  # the first write: creates the run folder
+        split = ensure_data(self.run, self.data)
+        if self.last_checkpoint is None:
+            write_json(self.run.config_path, dataclasses.asdict(config))
+        self.train_rows = _subset(split.rows("train"), config.max_train_examples, config.seed)
+        self.eval_rows = _subset(split.rows("validation"), config.max_eval_examples, config.seed)
+        model, self.tokenizer = load_model(config.model, self.device)
+        lengths = token_lengths(build_examples(self.train_rows, self.template, self.tokenizer), self.tokenizer)
+        max_length, self.length_stats = choose_max_length(lengths, config.max_length_percentile)
+        if config.max_length:
+            max_length, self.length_stats["max_length"] = config.max_length, config.max_length
+            self.length_stats["truncated_examples"] = sum(n > max_length for n in lengths)
+        self.progress = ProgressBar()
+        self.trainer = make_trainer(
+            config,
+            model,
+            self.tokenizer,
+            self.train_rows,
+            self.eval_rows,
+            self.run.checkpoints,
+            self.device,
+            SpeedKnobs(max_length=max_length),
+            callbacks=[self.progress],
+        )
+        self.trainer.remove_callback(ProgressCallback)
 
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
-    for key, label in (("loss", "train loss"), ("eval_loss", "validation loss")):
-        points = [(h["step"], h[key]) for h in history if key in h]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o" if key == "eval_loss" else None, label=label)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    def fit(self) -> None:
+        """Train (from the checkpoint when resuming), then make sure the last step has a validation loss."""
+        started = time.perf_counter()
+        self.trainer.train(resume_from_checkpoint=self.last_checkpoint)
+        self.wall_s = time.perf_counter() - started
+        history = self.trainer.state.log_history
+        evals = [h for h in history if "eval_loss" in h]
+        if self.eval_rows and (not evals or evals[-1]["step"] != self.trainer.state.global_step):
+            self.trainer.evaluate()
 
-
-def _finished_run(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
-    manifest = read_json(run_dir / RUN_MANIFEST)
-    diff = sorted(k for k, v in dataclasses.asdict(config).items() if manifest["config"].get(k) != v)
-    if diff:
-        raise SupportBenchError(f"--reuse: {run_dir} holds a finished run with a different config ({diff})")
-    print(f"reusing the finished run in {run_dir}")
-    return manifest
+    def save(self) -> dict[str, Any]:
+        """Write the adapter, loss history and curve, then train.json last; return the manifest."""
+        run, state = self.run, self.trainer.state
+        with staged_dir(run.adapter) as tmp:
+            self.trainer.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+        history = state.log_history
+        write_json(run.loss_history, history)
+        atomic_write_bytes(run.loss_curve, loss_curve_png(history))
+        evals = [h for h in history if "eval_loss" in h]
+        eval_time = sum(h.get("eval_runtime", 0.0) for h in evals)
+        trainable, total = self.trainer.model.get_nb_trainable_parameters()
+        train_losses = [h["loss"] for h in history if "loss" in h] or [h["train_loss"] for h in history if "train_loss" in h]
+        tokens = int(state.num_input_tokens_seen)
+        split = run.data.manifest()["splits"]
+        manifest = {
+            "config": dataclasses.asdict(self.config),
+            "template": self.template,
+            "resumed_from": self.last_checkpoint,
+            "data": {"dir": run.data.path.name, **{name: split[name]["sha256"] for name in SPLITS}},
+            "train_examples": len(self.train_rows),
+            "eval_examples": len(self.eval_rows),
+            "token_lengths": self.length_stats,
+            "machine": machine_info(),
+            "parameters": {"trainable": int(trainable), "total": int(total), "trainable_share": round(trainable / total, 5)},
+            "steps": state.global_step,
+            "wall_time_s": round(self.wall_s, 1),
+            "tokens_seen": tokens,
+            "eval_time_s": round(eval_time, 1),
+            "tokens_per_s": round((tokens - self.progress.start_tokens) / (self.wall_s - eval_time), 1),  # this session's
+            "memory": peak_memory(),
+            "final_train_loss": train_losses[-1] if train_losses else None,
+            "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+            "best_eval_loss": min((h["eval_loss"] for h in evals), default=None),
+        }
+        write_json(run.manifest_path, manifest)
+        return manifest
 
 
 def train(
     config: TrainConfig, run_dir: Path, resume: bool = False, data: str | None = None, reuse: bool = False
 ) -> dict[str, Any]:
     """Run LoRA SFT into run_dir and return the run manifest; with reuse, return a finished identical run as is."""
-    import torch
-    from transformers.trainer_callback import ProgressCallback
-
-    from trainers.progress import ProgressBar
-
-    run_dir = Path(run_dir)
-    if reuse and (run_dir / RUN_MANIFEST).is_file():
-        return _finished_run(run_dir, config)
-    template = config.template or resolve(config.model).template
-    get_template(template)  # an unknown template fails here, before any data or model work
-    data_dir = ensure_data(run_dir, data)
-    device = pick_device()
-    last_checkpoint = _start_or_resume(run_dir, config, resume)
-    train_rows = _subset(load_split(data_dir, "train"), config.max_train_examples, config.seed)
-    eval_rows = _subset(load_split(data_dir, "validation"), config.max_eval_examples, config.seed)
-    model, tokenizer = load_model(config.model, device)
-    check_lora_targets(model, config.lora_targets)
-    lengths = token_lengths(build_examples(train_rows, template, tokenizer), tokenizer)
-    max_length, length_stats = choose_max_length(lengths, config.max_length_percentile)
-    if config.max_length:
-        max_length, length_stats["max_length"] = config.max_length, config.max_length
-        length_stats["truncated_examples"] = sum(n > max_length for n in lengths)
-    progress = ProgressBar()
-    trainer = make_trainer(
-        config,
-        model,
-        tokenizer,
-        train_rows,
-        eval_rows,
-        run_dir / CHECKPOINT_DIR,
-        device,
-        knobs_for(device, max_length),
-        callbacks=[progress],
-    )
-    trainer.remove_callback(ProgressCallback)
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=last_checkpoint)
-    wall = time.perf_counter() - started
-    history = trainer.state.log_history
-    evals = [h for h in history if "eval_loss" in h]
-    if eval_rows and (not evals or evals[-1]["step"] != trainer.state.global_step):
-        trainer.evaluate()
-        evals = [h for h in history if "eval_loss" in h]
-    eval_time = sum(h.get("eval_runtime", 0.0) for h in evals)
-    with staged_dir(run_dir / ADAPTER_DIR) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    write_json(run_dir / "loss_history.json", history)
-    save_loss_curve(history, run_dir / "loss_curve.png")
-    trainable, total = trainer.model.get_nb_trainable_parameters()
-    train_losses = [h["loss"] for h in history if "loss" in h] or [h["train_loss"] for h in history if "train_loss" in h]
-    tokens = int(trainer.state.num_input_tokens_seen)
-    manifest = {
-        "config": dataclasses.asdict(config),
-        "template": template,
-        "resumed_from": last_checkpoint,
-        "data": {
-            "dir": DATA_DIR,
-            **{k: read_json(data_dir / "manifest.json")["splits"][k]["sha256"] for k in ("train", "validation", "test")},
-        },
-        "train_examples": len(train_rows),
-        "eval_examples": len(eval_rows),
-        "token_lengths": length_stats,
-        "device": {
-            "device": device.device,
-            "dtype": device.dtype_name,
-            "attn": device.attn_implementation,
-            "gradient_checkpointing": device.gradient_checkpointing,
-            "torch_threads": torch.get_num_threads(),
-        },
-        "packages": _package_versions(),
-        "parameters": {"trainable": int(trainable), "total": int(total), "trainable_share": round(trainable / total, 5)},
-        "steps": trainer.state.global_step,
-        "wall_time_s": round(wall, 1),
-        "tokens_seen": tokens,
-        "eval_time_s": round(eval_time, 1),
-        "tokens_per_s": round((tokens - progress.start_tokens) / (wall - eval_time), 1),  # this session's tokens only
-        "memory": peak_memory(),
-        "final_train_loss": train_losses[-1] if train_losses else None,
-        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
-        "best_eval_loss": min((h["eval_loss"] for h in evals), default=None),
-        "adapter": ADAPTER_DIR,
-    }
-    write_json(run_dir / RUN_MANIFEST, manifest)
-    return manifest
+    run = RunDir(run_dir)
+    if reuse and run.is_finished:
+        manifest = run.trained()
+        diff = _config_diff(config, manifest["config"])
+        if diff:
+            raise SupportBenchError(f"--reuse: {run.path} holds a finished run with a different config ({diff})")
+        print(f"reusing the finished run in {run.path}")
+        return manifest
+    recipe = LoRARecipe(config, run, resume=resume, data=data)
+    recipe.setup()
+    recipe.fit()
+    return recipe.save()
 
 
 def summary_lines(manifest: dict[str, Any], run_dir: Path) -> list[str]:
@@ -352,7 +319,7 @@ def summary_lines(manifest: dict[str, Any], run_dir: Path) -> list[str]:
     return [
         f"run          {run_dir}",
         f"model        {c['model']} ({manifest['template']} template) "
-        f"on {manifest['device']['device']} {manifest['device']['dtype']}",
+        f"on {manifest['machine']['device']} {manifest['machine']['dtype']}",
         f"lora         r={c['lora_r']} alpha={c['lora_alpha']} targets={c['lora_targets']} lr={c['learning_rate']}",
         f"parameters   {p['trainable']:,} trainable of {p['total']:,} ({p['trainable_share']:.2%})",
         f"data         {manifest['train_examples']} train / {manifest['eval_examples']} validation examples, "
@@ -361,5 +328,5 @@ def summary_lines(manifest: dict[str, Any], run_dir: Path) -> list[str]:
         f"{manifest['tokens_seen']:,} tokens, {manifest['tokens_per_s']} train tok/s",
         f"loss         final train {manifest['final_train_loss']}, final eval {manifest['final_eval_loss']}",
         f"memory       peak RSS {manifest['memory']['peak_rss_mib']} MiB",
-        f"adapter      {run_dir / manifest['adapter']}",
+        f"adapter      {RunDir(run_dir).adapter}",
     ]

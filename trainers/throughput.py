@@ -1,33 +1,25 @@
-"""Training-throughput benchmark: the notebook's SFT recipe against ours, one change at a time.
-
-Each arm trains one warm-up optimizer step (not timed) and then `--steps` timed steps on the same examples.
-
-    python -m trainers.throughput --run RUN [--preset ci] [--steps 3] [--out FILE]
-
-Writes JSON with non-padding tokens/s and examples/s per arm, each arm's gain over the one before,
-and the overall ratio of ours to the notebook's.
+"""Training-throughput benchmark (`supportbench bench --train-throughput`): the notebook's SFT recipe against
+ours, one change at a time. Each arm trains one warm-up optimizer step (not timed), then `steps` timed steps
+on the same examples; the result holds non-padding tokens/s and examples/s per arm, each arm's gain over the
+one before, and the overall ratio of ours to the notebook's.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import platform
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import TrainerCallback
 
-from harness.data import load_split
-from harness.device import pick_device
-from harness.io import SupportBenchError, write_json
-from harness.models import load_model, resolve
-from trainers.config import TrainConfig, load_config
-from trainers.lora import SpeedKnobs, build_examples, choose_max_length, ensure_data, make_trainer, token_lengths
+from supportbench.config import TrainConfig, load_train_config
+from supportbench.device import machine_info, pick_device
+from supportbench.io import SupportBenchError
+from supportbench.models import load_model, resolve
+from supportbench.run import RunDir
+from supportbench.trainers.lora import SpeedKnobs, build_examples, choose_max_length, ensure_data, make_trainer, token_lengths
 
 NOTEBOOK_BATCH, NOTEBOOK_ACCUMULATION, TRL_DEFAULT_MAX_LENGTH = 2, 8, 1024
 EFFECTIVE_BATCH = NOTEBOOK_BATCH * NOTEBOOK_ACCUMULATION  # every arm steps the optimizer on 16 examples
@@ -99,13 +91,14 @@ class StepClock(TrainerCallback):
         self.marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
 
 
-def run_benchmark(run_dir: Path, preset: str, steps: int) -> dict[str, Any]:
+def run_benchmark(run: RunDir, preset: str, steps: int) -> dict[str, Any]:
     """Measure every arm on the same model, data and machine."""
-    config = load_config(preset)
+    config = load_train_config(preset)
     if EFFECTIVE_BATCH % config.batch_size:
         raise SupportBenchError(f"the preset's batch size {config.batch_size} must divide the effective batch {EFFECTIVE_BATCH}")
-    data_dir = ensure_data(run_dir, None)
-    rows = random.Random(config.seed).sample(load_split(data_dir, "train"), (steps + 1) * EFFECTIVE_BATCH)
+    if steps <= 0:
+        raise SupportBenchError(f"the throughput benchmark needs at least one timed step, not {steps}")
+    rows = random.Random(config.seed).sample(ensure_data(run, None).rows("train"), (steps + 1) * EFFECTIVE_BATCH)
     _, tokenizer = load_model(config.model)
     template = config.template or resolve(config.model).template
     max_length, _ = choose_max_length(
@@ -114,7 +107,7 @@ def run_benchmark(run_dir: Path, preset: str, steps: int) -> dict[str, Any]:
     results = []
     for name, change, knobs, batch in arms(max_length, config.batch_size):
         print(f"[{name}] {change}", flush=True)
-        result = measure(config, rows, knobs, batch, steps, run_dir / "bench" / f"ck-{name}")
+        result = measure(config, rows, knobs, batch, steps, run.bench_dir / f"ck-{name}")
         previous = results[-1]["tokens_per_s"] if results else result["tokens_per_s"]
         results.append(
             {"arm": name, "change": change, **result, "gain_over_previous": round(result["tokens_per_s"] / previous, 2)}
@@ -125,35 +118,8 @@ def run_benchmark(run_dir: Path, preset: str, steps: int) -> dict[str, Any]:
         "preset": preset,
         "optimizer_steps": steps,
         "effective_batch": EFFECTIVE_BATCH,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(),
-            "device": pick_device().device,
-            "torch": torch.__version__,
-        },
+        "machine": machine_info(),
         "arms": results,
         "ratio_tokens_per_s": round(results[-1]["tokens_per_s"] / results[0]["tokens_per_s"], 2),
         "ratio_examples_per_s": round(results[-1]["examples_per_s"] / results[0]["examples_per_s"], 2),
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run folder (its prepared split is used, or prepared)")
-    parser.add_argument("--preset", default="ci")
-    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per arm")
-    parser.add_argument("--out", help="JSON output (default: RUN/bench/train_throughput.json)")
-    args = parser.parse_args(argv)
-    try:
-        result = run_benchmark(Path(args.run), args.preset, args.steps)
-    except SupportBenchError as err:
-        print(f"throughput: error: {err}", file=sys.stderr)
-        return 2
-    write_json(Path(args.out or Path(args.run) / "bench" / "train_throughput.json"), result)
-    print(f"ours / notebook: {result['ratio_tokens_per_s']}x tokens/s, {result['ratio_examples_per_s']}x examples/s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

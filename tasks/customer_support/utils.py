@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -12,29 +11,35 @@ import datasets
 from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
-from harness.data import DataConfig, load_split, load_twcs_pairs, prepare, resolve_source
-from harness.io import SupportBenchError
-from harness.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
-from harness.models import cache_root
-from harness.templates import Turn, cut_at_stops, get_template, has_runon
+from supportbench.config import DataConfig, resolve_source
+from supportbench.data import load_twcs_pairs, prepare
+from supportbench.io import SupportBenchError
+from supportbench.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
+from supportbench.models import cache_root
+from supportbench.run import SplitDir
+from supportbench.templates import Turn, cut_at_stops, get_template, has_runon
 
 SPLIT_ENV = "SUPPORTBENCH_SPLIT"
 
 
-def _default_data_dir() -> Path:
+def _default_split() -> SplitDir:
     """Prepare the default split once into the cache (keyed by the data source) and return its folder."""
     source = resolve_source(None)
-    folder = cache_root().parent / "data" / hashlib.sha256(source.encode()).hexdigest()[:12]
-    if not (folder / "manifest.json").is_file():
-        prepare(DataConfig(source=source), folder)
-    return folder
+    split = SplitDir(cache_root().parent / "data" / hashlib.sha256(source.encode()).hexdigest()[:12])
+    if not split.is_prepared:
+        prepare(DataConfig(source=source), split.path)
+    return split
 
 
 def _rows(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     if metadata.get("twcs"):
         return load_twcs_pairs(Path(metadata["twcs"]))
     data_dir = metadata.get("data_dir") or os.environ.get(SPLIT_ENV)
-    return load_split(Path(data_dir) if data_dir else _default_data_dir(), metadata.get("split", "test"))
+    split, name = SplitDir(Path(data_dir)) if data_dir else _default_split(), metadata.get("split", "test")
+    expected = metadata.get("sha256")
+    if expected and hashlib.sha256(split.split_path(name).read_bytes()).hexdigest() != expected:
+        raise SupportBenchError(f"{split.split_path(name)} changed after it was checked (sha256 differs); refusing to score it")
+    return split.rows(name)
 
 
 def _tokenizer(metadata: dict[str, Any]) -> Any:
@@ -113,10 +118,3 @@ def process_ppl(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[
         "perplexity": (reply_ll, doc["target_tokens"]),
         "perplexity_fulltext": (reply_ll + prompt_ll, doc["target_tokens"] + doc["prompt_tokens"]),
     }
-
-
-def token_perplexity(items: list[tuple[float, int]]) -> float:
-    """exp of the mean negative log-likelihood per token over all scored tokens."""
-    total_ll = sum(ll for ll, _ in items)
-    total_tokens = sum(n for _, n in items)
-    return math.exp(-total_ll / total_tokens)

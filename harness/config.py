@@ -1,0 +1,270 @@
+"""The typed configs of every stage: defaults, help, type checks and range checks, presets. No torch import."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from supportbench.io import SupportBenchError, read_yaml
+from supportbench.metrics import METRICS
+
+DEFAULT_DATASET = "bitext/Bitext-customer-support-llm-chatbot-training-dataset"
+DATA_ENV = "SUPPORTBENCH_DATA"
+DEFAULT_PRESET = "ci"
+PRESET_PACKAGE, PRESET_DIR = "supportbench.trainers", "presets"
+GENERATION_EXAMPLES = 50  # the notebook's eval size; eval and rank share it
+
+
+def option(default: Any, help: str, **cli: Any) -> Any:
+    """A config field with its help text; `cli` holds flag, choices or parse for the command line."""
+    factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(**factory, metadata={"help": help, **cli})
+
+
+def resolve_source(explicit: str | None) -> str:
+    """Pick the data source: an explicit path or id, else $SUPPORTBENCH_DATA, else the hub default."""
+    return explicit or os.environ.get(DATA_ENV) or DEFAULT_DATASET
+
+
+def preset_names() -> list[str]:
+    """Names of the bundled training presets."""
+    folder = resources.files(PRESET_PACKAGE).joinpath(PRESET_DIR)
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def comma_list(text: str) -> list[str]:
+    """Parse "a,b" into ["a", "b"], dropping blanks."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def lora_targets(text: str) -> list[str] | str:
+    """Parse --lora-targets: "all-linear" as is, else a comma-separated list of module names."""
+    return text if text == "all-linear" else comma_list(text)
+
+
+def _check(config: Any, checks: dict[str, bool], what: str) -> None:
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise SupportBenchError(f"invalid {what}: " + ", ".join(f"{n}={getattr(config, n)!r}" for n in bad))
+
+
+@dataclass
+class DataConfig:
+    """Everything that decides the prepared split; the same config and input give the same bytes."""
+
+    source: str = option(DEFAULT_DATASET, "hub dataset id or local CSV/JSONL/Parquet file", flag="--data", env=DATA_ENV)
+    seed: int = option(42, "split seed")
+    mode: str = option(
+        "heldout", "heldout: fixed-size held-out test set; notebook: sample N then 90/10", choices=("heldout", "notebook")
+    )
+    test_size: int = option(500, "held-out test rows")
+    validation_size: int = option(100, "validation rows")
+    sample_size: int = option(5000, "rows sampled in notebook mode")
+    placeholders: str | None = option(None, "YAML map of {{placeholder}} values merged over the defaults")
+
+    def validate(self) -> None:
+        """Reject impossible settings before any work starts."""
+        _check(
+            self,
+            {
+                "mode": self.mode in ("heldout", "notebook"),
+                "test_size": self.test_size >= 0,
+                "validation_size": self.validation_size >= 0,
+                "sample_size": self.sample_size >= 0,
+            },
+            "data config",
+        )
+
+
+@dataclass
+class TrainConfig:
+    """Everything one LoRA run needs; presets and user YAML files fill it in."""
+
+    model: str = option("smollm2-135m", "base model: registry alias, hub id or folder")
+    template: str | None = option(None, "prompt template, seed or chat (none: the registry's for the model)")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.05, "LoRA dropout")
+    lora_targets: list[str] | str = option(
+        ["q_proj", "v_proj"], "all-linear, or comma-separated module names", parse=lora_targets
+    )
+    learning_rate: float = option(2e-4, "peak learning rate (cosine schedule)")
+    epochs: float = option(3.0, "training epochs")
+    max_steps: int = option(-1, "stop after this many optimizer steps (-1: run the epochs)")
+    batch_size: int = option(4, "micro-batch per device")
+    gradient_accumulation: int = option(4, "micro-batches per optimizer step")
+    max_length: int | None = option(None, "token cap per example (none: from the length distribution)")
+    max_length_percentile: float = option(99.0, "percentile of training lengths that sets max_length")
+    max_train_examples: int | None = option(None, "train on a seeded sample of this many rows (none: all)")
+    max_eval_examples: int | None = option(100, "validation rows scored for eval loss (none: all)")
+    warmup_ratio: float = option(0.05, "share of steps spent warming up")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    seed: int = option(42, "training and data-order seed")
+    logging_steps: int = option(5, "log the loss every N steps")
+    eval_steps: int | None = option(None, "validation loss every N steps (none: at each epoch end)")
+    save_steps: int = option(25, "checkpoint every N steps")
+
+    @property
+    def effective_batch(self) -> int:
+        """Examples per optimizer step."""
+        return self.batch_size * self.gradient_accumulation
+
+    def validate(self) -> None:
+        """Reject impossible values before any model is loaded."""
+        _check(
+            self,
+            {
+                "lora_r": self.lora_r > 0,
+                "lora_alpha": self.lora_alpha > 0,
+                "lora_dropout": 0 <= self.lora_dropout < 1,
+                "learning_rate": self.learning_rate > 0,
+                "batch_size": self.batch_size > 0,
+                "gradient_accumulation": self.gradient_accumulation > 0,
+                "max_steps": self.max_steps == -1 or self.max_steps > 0,
+                "epochs": self.epochs > 0 or self.max_steps > 0,
+                "max_length_percentile": 50 <= self.max_length_percentile <= 100,
+                "save_steps": self.save_steps > 0,
+                "logging_steps": self.logging_steps > 0,
+                "eval_steps": self.eval_steps is None or self.eval_steps > 0,
+                "warmup_ratio": 0 <= self.warmup_ratio < 1,
+                "max_length": self.max_length is None or self.max_length >= 16,
+                "max_train_examples": self.max_train_examples is None or self.max_train_examples > 0,
+                "max_eval_examples": self.max_eval_examples is None or self.max_eval_examples >= 0,
+                "lora_targets": self.lora_targets == "all-linear" or (isinstance(self.lora_targets, list) and self.lora_targets),
+            },
+            "training config",
+        )
+
+
+@dataclass
+class EvalConfig:
+    """What one eval compares and on how much data."""
+
+    limit: int | None = option(GENERATION_EXAMPLES, "generated examples (greedy), a prefix of the shuffled split")
+    ppl_limit: int | None = option(None, "perplexity examples (none: the whole split)")
+    gen_batch_size: int = option(32, "generation batch, left-padded; decoding is memory-bound, wide batches cost little")
+    ppl_batch_size: int = option(8, "perplexity batch; scoring holds batch x length x vocabulary logits")
+    max_new_tokens: int = option(100, "new-token cap per reply")
+    base_model: str | None = option(
+        None, "score another base model (alias, hub id or folder) alone on the run's split", flag="--model"
+    )
+    twcs: str | None = option(None, "score the out-of-domain TWCS tweet pairs (CSV) instead; written to eval/ood/")
+    seed: int = 1234
+
+    def validate(self) -> None:
+        """Reject sizes that make no sense before any model loads."""
+        _check(
+            self,
+            {
+                "limit": self.limit is None or self.limit > 0,
+                "ppl_limit": self.ppl_limit is None or self.ppl_limit > 0,
+                "gen_batch_size": self.gen_batch_size > 0,
+                "ppl_batch_size": self.ppl_batch_size > 0,
+                "max_new_tokens": self.max_new_tokens > 0,
+            },
+            "eval config",
+        )
+
+
+@dataclass
+class RankConfig:
+    """Which models, how each is trained and scored, and what the leaderboard sorts by."""
+
+    models: tuple[str, ...] = option(
+        ("smollm2-135m", "gemma3-270m"), "comma-separated aliases, hub ids or folders", parse=comma_list
+    )
+    preset: str = option(DEFAULT_PRESET, "training preset for every model", choices=preset_names)
+    metric: str = option("rougeL", "fine-tuned metric the leaderboard sorts by", choices=tuple(METRICS))
+    limit: int | None = option(GENERATION_EXAMPLES, "generated examples per model")
+    ppl_limit: int | None = option(None, "perplexity examples per model (none: the whole split)")
+    max_steps: int | None = option(None, "cap training steps per model")
+    data: str | None = option(None, f"data for runs without a prepared split (default: ${DATA_ENV})")
+
+    def validate(self) -> None:
+        """Reject an empty model list, an unknown preset or metric, and sizes that make no sense."""
+        _check(
+            self,
+            {
+                "models": bool(self.models),
+                "preset": self.preset in preset_names(),
+                "metric": self.metric in METRICS,
+                "limit": self.limit is None or self.limit > 0,
+                "ppl_limit": self.ppl_limit is None or self.ppl_limit > 0,
+                "max_steps": self.max_steps is None or self.max_steps > 0,
+            },
+            "rank config",
+        )
+
+
+def _type_error(origin: str, name: str, expected: str, value: Any) -> SupportBenchError:
+    return SupportBenchError(f"{origin}: {name} must be {expected}, got {value!r}")
+
+
+def typed(cls: type, values: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Check (and where lossless, convert) values against cls's field types; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise SupportBenchError(f"{origin}: unknown config key(s) {unknown}; known keys: {sorted(hints)}")
+    out = {}
+    for name, value in values.items():
+        hint = hints[name]
+        options = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
+        if value is None and type(None) in options:
+            out[name] = None
+        elif float in options and isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-4 (no dot) as a string
+                out[name] = float(value)
+            except ValueError:
+                raise _type_error(origin, name, "a number", value) from None
+        elif float in options and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value) if isinstance(value, int) else value
+        elif int in options and isinstance(value, int) and not isinstance(value, bool):
+            out[name] = value
+        elif bool in options and isinstance(value, bool) or str in options and isinstance(value, str):
+            out[name] = value
+        elif any(typing.get_origin(o) in (list, tuple) for o in options) and isinstance(value, (list, tuple)):
+            if not all(isinstance(v, str) for v in value):
+                raise _type_error(origin, name, "a list of names", value)
+            out[name] = tuple(value) if tuple in map(typing.get_origin, options) else list(value)
+        else:
+            expected = " or ".join(sorted(getattr(o, "__name__", str(o)) for o in options))
+            raise _type_error(origin, name, expected.replace("NoneType", "empty"), value)
+    return out
+
+
+def read_config_file(cls: type, path: Path) -> dict[str, Any]:
+    """A YAML mapping of cls's keys, type-checked, with errors that name the file."""
+    if not Path(path).is_file():
+        raise SupportBenchError(f"config file not found: {path}")
+    data = read_yaml(Path(path).read_text(encoding="utf-8"), str(path)) or {}
+    if not isinstance(data, dict):
+        raise SupportBenchError(f"{path}: a config must be a YAML mapping")
+    return typed(cls, data, str(path))
+
+
+def load_train_config(preset: str | None = DEFAULT_PRESET, config_file: str | None = None, **overrides: Any) -> TrainConfig:
+    """A TrainConfig from a preset (none: built-in defaults), then a user YAML file, then explicit overrides."""
+    values: dict[str, Any] = {}
+    if preset:
+        if preset not in preset_names():
+            raise SupportBenchError(f"unknown preset {preset!r}; choose one of {preset_names()}")
+        text = resources.files(PRESET_PACKAGE).joinpath(PRESET_DIR, f"{preset}.yaml").read_text(encoding="utf-8")
+        values.update(typed(TrainConfig, read_yaml(text, f"preset {preset}") or {}, f"preset {preset}"))
+    if config_file:
+        values.update(read_config_file(TrainConfig, Path(config_file)))
+    values.update(typed(TrainConfig, {k: v for k, v in overrides.items() if v is not None}, "command line"))
+    config = TrainConfig(**values)
+    config.validate()
+    return config
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+    """A config as plain JSON-ready values (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

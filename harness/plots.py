@@ -1,0 +1,54 @@
+"""Charts as PNG bytes: the training loss curve and the leaderboard's quality-against-latency scatter."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+
+def figure_png(draw: Callable[[Any], None], size: tuple[float, float]) -> bytes:
+    """Draw on one matplotlib Axes (headless) and return the figure as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size, dpi=110)
+    try:
+        draw(ax)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def loss_curve_png(history: list[dict[str, Any]]) -> bytes:
+    """Train and validation loss against optimizer step."""
+
+    def draw(ax: Any) -> None:
+        for key, label in (("loss", "train loss"), ("eval_loss", "validation loss")):
+            points = [(h["step"], h[key]) for h in history if key in h]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o" if key == "eval_loss" else None, label=label)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss")
+        ax.legend()
+
+    return figure_png(draw, (6, 3.2))
+
+
+def quality_latency_png(points: list[tuple[str, float, float, float]], xlabel: str, ylabel: str) -> bytes:
+    """One labelled point per (name, latency, quality, size) for reading "good enough and cheap enough"."""
+
+    def draw(ax: Any) -> None:
+        for name, latency, quality, size in points:
+            ax.scatter(latency, quality, s=size, alpha=0.6)
+            ax.annotate(name, (latency, quality), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+
+    return figure_png(draw, (6, 3.6))

@@ -1,0 +1,176 @@
+"""The run folder and the prepared-split folder: the one module that knows their file names."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from supportbench.io import SupportBenchError, read_json, read_jsonl
+
+SPLITS = ("train", "validation", "test")
+VARIANTS = ("base", "lora", "merged")
+
+
+@dataclass(frozen=True)
+class SplitDir:
+    """A folder written by `supportbench prepare`: one JSONL file per split plus manifest.json."""
+
+    path: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        """The manifest: config, counts, skipped rows and each split's sha256."""
+        return self.path / "manifest.json"
+
+    def split_path(self, name: str) -> Path:
+        """One split's JSONL file."""
+        return self.path / f"{name}.jsonl"
+
+    def outputs(self) -> list[Path]:
+        """Every file prepare writes here (and the only ones it may replace)."""
+        return [*(self.split_path(name) for name in SPLITS), self.manifest_path]
+
+    @property
+    def is_prepared(self) -> bool:
+        """True when a manifest is present."""
+        return self.manifest_path.is_file()
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest, with a clear error when the folder holds none."""
+        if not self.is_prepared:
+            raise SupportBenchError(f"no prepared split at {self.path}; run `supportbench prepare --out {self.path}` first")
+        return read_json(self.manifest_path)
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        """Read one prepared split, with a clear error when the folder holds none."""
+        path = self.split_path(name)
+        if not path.is_file():
+            raise SupportBenchError(f"no prepared {name} split at {path}; run `supportbench prepare --out {self.path}` first")
+        return read_jsonl(path)
+
+
+@dataclass(frozen=True)
+class EvalDir:
+    """One eval's outputs: metrics.json, per_category.json and the side-by-side samples.jsonl."""
+
+    path: Path
+
+    @property
+    def metrics(self) -> Path:
+        """Summary metrics, n, timings and settings."""
+        return self.path / "metrics.json"
+
+    @property
+    def per_category(self) -> Path:
+        """Metrics per category."""
+        return self.path / "per_category.json"
+
+    @property
+    def samples(self) -> Path:
+        """Query, reference, base and fine-tuned reply per generated example."""
+        return self.path / "samples.jsonl"
+
+
+def safe_name(name: str) -> str:
+    """A model name or id as a single folder or file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/"))
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A training run folder and every stage's outputs inside it."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    data = property(lambda self: SplitDir(self.path / "data"), doc="The prepared split the run trains and scores on.")
+    adapter = property(lambda self: self.path / "adapter", doc="PEFT adapter (safetensors + adapter_config.json).")
+    checkpoints = property(lambda self: self.path / "checkpoints", doc="Trainer checkpoints for --resume.")
+    manifest_path = property(lambda self: self.path / "train.json", doc="The finished run's manifest.")
+    config_path = property(lambda self: self.path / "train_config.json", doc="The config of a started run.")
+    loss_history = property(lambda self: self.path / "loss_history.json", doc="The Trainer's log history.")
+    loss_curve = property(lambda self: self.path / "loss_curve.png", doc="Train and validation loss plot.")
+    eval = property(lambda self: EvalDir(self.path / "eval"), doc="Base vs fine-tuned on the held-out split.")
+    ood = property(lambda self: EvalDir(self.path / "eval" / "ood"), doc="Base vs fine-tuned on the TWCS tweets.")
+    bench_dir = property(lambda self: self.path / "bench", doc="Benchmark outputs.")
+    bench_raw = property(lambda self: self.path / "bench" / "pytest_benchmark.json", doc="pytest-benchmark's JSON.")
+    bench_summary = property(lambda self: self.path / "bench" / "summary.json", doc="One row per variant.")
+    eval_speed = property(lambda self: self.path / "bench" / "eval_speed.json", doc="Batched eval vs one at a time.")
+    train_throughput = property(lambda self: self.path / "bench" / "train_throughput.json", doc="Training tokens/s arms.")
+
+    def base_model_scores(self, model: str) -> Path:
+        """Scores of another base model on this run's split."""
+        return self.path / "eval" / "base_models" / f"{safe_name(model)}.json"
+
+    def report(self, kind: str) -> Path:
+        """report.html or report.md."""
+        return self.path / f"report.{kind}"
+
+    def comparison(self, kind: str) -> Path:
+        """comparison.html or comparison.md."""
+        return self.path / f"comparison.{kind}"
+
+    @property
+    def is_finished(self) -> bool:
+        """True when training wrote its manifest."""
+        return self.manifest_path.is_file()
+
+    @property
+    def holds_run(self) -> bool:
+        """True when any training output is here (a started, interrupted or finished run)."""
+        return any(p.exists() for p in (self.manifest_path, self.config_path, self.adapter, self.checkpoints))
+
+    def trained(self) -> dict[str, Any]:
+        """The finished run's manifest, or a clear error naming the missing stage."""
+        if not self.is_finished:
+            raise SupportBenchError(
+                f"{self.path} holds no finished training run ({self.manifest_path.name}); run `supportbench train` first"
+            )
+        return read_json(self.manifest_path)
+
+    def require_adapter(self) -> dict[str, Any]:
+        """The finished run's manifest, after checking that its adapter is complete."""
+        manifest = self.trained()
+        if not (self.adapter / "adapter_config.json").is_file():
+            raise SupportBenchError(f"{self.path} has no LoRA adapter at {self.adapter}; train one with `supportbench train`")
+        return manifest
+
+    def load_variant(self, variant: str) -> tuple[Any, Any]:
+        """(model, tokenizer) for base, base+adapter (unmerged) or the merged model, in eval mode."""
+        if variant not in VARIANTS:
+            raise SupportBenchError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+        from supportbench.models import load_model
+
+        manifest = self.require_adapter() if variant != "base" else self.trained()
+        model, tokenizer = load_model(manifest["config"]["model"])
+        if variant != "base":
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, self.adapter)
+            if variant == "merged":
+                model = model.merge_and_unload()
+        return model.eval(), tokenizer
+
+
+@dataclass(frozen=True)
+class BoardDir:
+    """A leaderboard folder: one run folder per model, plus leaderboard.json/.html/.md."""
+
+    path: Path
+
+    def run(self, model: str) -> RunDir:
+        """The run folder of one model."""
+        return RunDir(Path(self.path) / safe_name(model))
+
+    def page(self, kind: str) -> Path:
+        """leaderboard.json, .html or .md."""
+        return Path(self.path) / f"leaderboard.{kind}"
+
+    @property
+    def chart(self) -> Path:
+        """leaderboard.png: fine-tuned quality against reply latency."""
+        return Path(self.path) / "leaderboard.png"
