@@ -116,10 +116,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
         )
         return
     if args.train_throughput:
+        from supportbench.config import load_train_config
         from supportbench.io import write_json
         from supportbench.trainers.throughput import run_benchmark
 
-        result = run_benchmark(run, args.preset, args.steps)
+        result = run_benchmark(run, load_train_config(args.preset), args.steps)
         write_json(run.train_throughput, result)
         print(f"ours / notebook: {result['ratio_tokens_per_s']}x tokens/s, {result['ratio_examples_per_s']}x examples/s")
         print(f"written to {run.train_throughput}")

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import fixture_rows, write_csv
+from conftest import fixture_rows, tiny_config, write_csv
 
 from supportbench.bench import run_suite
 from supportbench.config import DataConfig, EvalConfig, RankConfig
@@ -32,6 +32,18 @@ def full_run(tiny_run, tmp_path_factory) -> Path:
     run_suite(run, quick=True)
     write_run_report(run)
     return run
+
+
+def test_training_throughput_benchmark_measures_every_arm(tiny_run, tiny_model_dir, tmp_path):
+    from supportbench.run import RunDir
+    from supportbench.trainers.throughput import EFFECTIVE_BATCH, run_benchmark
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(tiny_run, run.path)
+    result = run_benchmark(run, tiny_config(tiny_model_dir, batch_size=2), steps=1)
+    assert [arm["arm"] for arm in result["arms"]] == ["notebook", "no_checkpointing", "length_grouped", "ours"]
+    assert all(arm["examples"] == EFFECTIVE_BATCH and arm["tokens_per_s"] > 0 for arm in result["arms"])
+    assert result["ratio_tokens_per_s"] == round(result["arms"][-1]["tokens_per_s"] / result["arms"][0]["tokens_per_s"], 2)
 
 
 def _table(markdown: str, heading: str) -> dict[str, list[str]]:

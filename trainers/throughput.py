@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from supportbench.config import TrainConfig, load_train_config
+from supportbench.config import TrainConfig
 from supportbench.device import machine_info, pick_device
 from supportbench.io import SupportBenchError
 from supportbench.models import load_model, resolve
@@ -91,11 +91,10 @@ class StepClock(TrainerCallback):
         self.marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
 
 
-def run_benchmark(run: RunDir, preset: str, steps: int) -> dict[str, Any]:
-    """Measure every arm on the same model, data and machine."""
-    config = load_train_config(preset)
+def run_benchmark(run: RunDir, config: TrainConfig, steps: int) -> dict[str, Any]:
+    """Measure every arm on the same model, data and machine; ours follows the config (a preset)."""
     if EFFECTIVE_BATCH % config.batch_size:
-        raise SupportBenchError(f"the preset's batch size {config.batch_size} must divide the effective batch {EFFECTIVE_BATCH}")
+        raise SupportBenchError(f"the batch size {config.batch_size} must divide the effective batch {EFFECTIVE_BATCH}")
     if steps <= 0:
         raise SupportBenchError(f"the throughput benchmark needs at least one timed step, not {steps}")
     rows = random.Random(config.seed).sample(ensure_data(run, None).rows("train"), (steps + 1) * EFFECTIVE_BATCH)
@@ -115,7 +114,7 @@ def run_benchmark(run: RunDir, preset: str, steps: int) -> dict[str, Any]:
         print(f"    {result['tokens_per_s']} tok/s, {result['examples_per_s']} examples/s", flush=True)
     return {
         "model": config.model,
-        "preset": preset,
+        "config": dataclasses.asdict(config),
         "optimizer_steps": steps,
         "effective_batch": EFFECTIVE_BATCH,
         "machine": machine_info(),
