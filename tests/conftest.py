@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,12 @@ def small_split(tmp_path: Path, out: Path, rows: list[dict[str, str]] | None = N
 
     source = str(write_csv(tmp_path / "d.csv", rows or fixture_rows()))
     return prepare(DataConfig(source=source, **{"test_size": 16, "validation_size": 8, **config}), out)
+
+
+def trained_copy(run: Path, dest: Path, *ignore: str) -> Path:
+    """A copy of a trained run without what later stages (other tests included) wrote into it."""
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("eval", "bench", "report.*", "comparison.*", *ignore))
+    return dest
 
 
 @pytest.fixture

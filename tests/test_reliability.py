@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import fixture_rows, small_split, tiny_config, write_csv
+from conftest import fixture_rows, small_split, tiny_config, trained_copy, write_csv
 from transformers import StopStringCriteria
 
 from supportbench import models
@@ -27,12 +27,6 @@ from supportbench.templates import Turn
 from supportbench.trainers.lora import train
 
 
-def _copy(run: Path, tmp_path: Path, ignore: tuple[str, ...] = ()) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy, ignore=shutil.ignore_patterns(*ignore))
-    return copy
-
-
 @pytest.fixture
 def no_model_loads(monkeypatch):
     """Fail the test if eval gets as far as loading a model."""
@@ -46,7 +40,7 @@ def no_model_loads(monkeypatch):
 
 # 1. The leakage guard checks the exact bytes that are scored, not only the manifest.
 def test_eval_refuses_a_test_file_edited_to_overlap_training_or_truncated(tiny_run, tmp_path, no_model_loads):
-    run = RunDir(_copy(tiny_run, tmp_path))
+    run = RunDir(trained_copy(tiny_run, tmp_path / "run"))
     test_file = run.data.split_path("test")
     original = test_file.read_bytes()
     train_lines = run.data.split_path("train").read_text().splitlines()
@@ -69,7 +63,7 @@ def test_eval_refuses_a_test_file_edited_to_overlap_training_or_truncated(tiny_r
 def test_the_task_refuses_bytes_other_than_the_checked_ones(tiny_run, tmp_path):
     from supportbench.tasks.customer_support import utils
 
-    run = RunDir(_copy(tiny_run, tmp_path))
+    run = RunDir(trained_copy(tiny_run, tmp_path / "run"))
     checked = hashlib.sha256(run.data.split_path("test").read_bytes()).hexdigest()
     assert len(utils._rows({"data_dir": str(run.data.path), "sha256": checked})) == 16
     with open(run.data.split_path("test"), "a", encoding="utf-8") as handle:
@@ -87,7 +81,7 @@ def test_prepare_never_deletes_other_files_or_a_run(tiny_run, tmp_path):
     prepare(config, out)  # the same split again
     prepare(DataConfig(**{**config.__dict__, "seed": 7}), out, force=True)  # a different one, forced
     assert (out / "notes.txt").read_text() == "my notes"
-    run = RunDir(_copy(tiny_run, tmp_path))
+    run = RunDir(trained_copy(tiny_run, tmp_path / "run"))
     with pytest.raises(SupportBenchError, match="holds a training run"):
         prepare(config, run.path, force=True)
     assert run.is_finished and (run.adapter / "adapter_config.json").is_file() and run.data.is_prepared
@@ -148,7 +142,7 @@ def test_history_cannot_inject_turns_and_is_capped(tiny_run, monkeypatch):
 
 # 5. Every precondition is checked before a model loads or a file is written.
 def test_eval_preconditions_fail_before_any_model_loads(tiny_run, tmp_path, no_model_loads):
-    run = RunDir(_copy(tiny_run, tmp_path, ignore=("adapter",)))
+    run = RunDir(trained_copy(tiny_run, tmp_path / "run", "adapter"))
     with pytest.raises(SupportBenchError, match="no LoRA adapter"):
         evaluate_run(run.path, EvalConfig(limit=2))
     shutil.copytree(tiny_run / "adapter", run.adapter)
@@ -222,7 +216,7 @@ def test_an_unwritable_model_cache_is_named(monkeypatch):
 
 
 def test_a_truncated_samples_file_is_named_in_report(tiny_run, tmp_path):
-    run = RunDir(_copy(tiny_run, tmp_path))
+    run = RunDir(trained_copy(tiny_run, tmp_path / "run"))
     run.eval.path.mkdir()
     run.eval.samples.write_text('{"query": "where is my order", "reference": "It is')
     with pytest.raises(SupportBenchError, match=f"malformed JSON in {run.eval.samples}, line 1"):

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import fixture_rows, tiny_config, write_csv
+from conftest import fixture_rows, tiny_config, trained_copy, write_csv
 
 from supportbench.bench import run_suite
 from supportbench.config import DataConfig, EvalConfig, RankConfig
@@ -97,7 +97,7 @@ def test_report_numbers_equal_the_json(full_run):
 
 def test_missing_parts_are_shown_as_missing(tiny_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval", "bench", "report.*"))
+    trained_copy(tiny_run, run)
     write_run_report(run)
     markdown = (run / "report.md").read_text()
     assert "_Missing: no eval yet" in markdown and "_Missing: no benchmark yet" in markdown
@@ -106,7 +106,7 @@ def test_missing_parts_are_shown_as_missing(tiny_run, tmp_path):
 
 def test_comparison_table(full_run, tiny_run, tmp_path):
     plain = tmp_path / "plain"
-    shutil.copytree(tiny_run, plain, ignore=shutil.ignore_patterns("eval", "bench", "report.*"))
+    trained_copy(tiny_run, plain)
     paths = write_comparison([full_run, plain], tmp_path)
     markdown = paths[1].read_text()
     rows = _table("## T\n" + markdown.split("\n", 1)[1], "T")
