@@ -90,12 +90,39 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     """Score base and base+LoRA on the run's held-out split."""
+    from supportbench.io import read_json
+    from supportbench.run import RunDir
     from supportbench.scoring import evaluate_run, table_lines
 
     values = config_values(EvalConfig, args)
     config = EvalConfig(**{**values, "limit": None if args.full else values["limit"]})
     config.validate()
-    print("\n".join(table_lines(evaluate_run(Path(args.run), config))))
+    summary = evaluate_run(Path(args.run), config)
+    print("\n".join(table_lines(summary)))
+    out = RunDir(Path(args.run)).ood if config.twcs else RunDir(Path(args.run)).eval
+    if "finetuned" in summary["metrics"]:
+        stats = read_json(out.stats)
+        d, wins = stats["metrics"]["rougeL"]["difference"], stats["win_rate_rougeL"]
+        print(
+            f"ROUGE-L fine-tuned minus base: {d['mean']:+.4f} (95% interval {d['low']:+.4f} to {d['high']:+.4f}, "
+            f"paired permutation p = {d['p_value']:.4f}); fine-tuned wins {wins['mean']:.0%} of {d['n']} examples"
+        )
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    """Apply the release gate's rules to a run; exit 1 when one fails."""
+    from supportbench.gate import apply_rules, write_gate
+
+    verdict = apply_rules(Path(args.run), baseline=args.baseline, rules_file=args.rules)
+    for check in verdict["checks"]:
+        state = "pass" if check["passed"] else ("not applied" if check["passed"] is None else "FAIL")
+        print(f"{state:<12} {check['rule']:<28} {check['value']}  (needs {check['needs']})")
+    write_gate(Path(args.run), verdict)
+    if verdict["failed"]:
+        print(f"gate FAILED: {', '.join(verdict['failed'])}", file=sys.stderr)
+        return 1
+    print("gate passed")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -221,6 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, EvalConfig)
 
     p = stage(
+        "gate",
+        cmd_gate,
+        "release gate: check a run's eval against YAML rules (exit 1 when one fails)",
+        "Check the run's eval against the release rules (default: the fine-tuned model beats its base on ROUGE-L "
+        "with the paired interval's lower bound above 0, is non-inferior to --baseline within 0.02, and keeps "
+        "run-on and placeholder-leak shares low). Writes gate.json and gate.md, and appends the Markdown to "
+        "$GITHUB_STEP_SUMMARY when it is set.",
+        run="an evaluated run folder",
+    )
+    p.add_argument("--baseline", help="an approved run folder (or its eval/metrics.json) to be non-inferior to (default: none)")
+    p.add_argument("--rules", help="YAML rules file (default: the bundled gate_rules.yaml)")
+
+    p = stage(
         "bench",
         cmd_bench,
         "latency and memory benchmarks (pytest-benchmark), or the training-throughput benchmark",
@@ -295,14 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run a subcommand and turn user errors into a message and exit code 2."""
+    """Entry point: run a subcommand; user errors become a message and exit code 2, a failed gate exit code 1."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except SupportBenchError as err:
         print(f"supportbench {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

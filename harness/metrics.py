@@ -58,6 +58,26 @@ def corpus_bleu(predictions: list[str], references: list[str]) -> float:
     return sacrebleu.corpus_bleu(predictions, [references], smooth_method="none", tokenize="13a").score / 100
 
 
+def bleu_statistics(predictions: list[str], references: list[str]) -> list[list[int]]:
+    """Per-reply BLEU sufficient statistics (length, reference length, 1-4-gram matches, 1-4-gram totals) from
+    sacrebleu; summed over any subset, they give that subset's corpus BLEU (bleu_from_statistics)."""
+    import sacrebleu
+
+    rows = []
+    for prediction, reference in zip(predictions, references, strict=True):
+        score = sacrebleu.corpus_bleu([prediction], [[reference]], smooth_method="none", tokenize="13a")
+        rows.append([score.sys_len, score.ref_len, *score.counts, *score.totals])
+    return rows
+
+
+def bleu_from_statistics(rows: Sequence[Sequence[int]]) -> float:
+    """Corpus BLEU-4 in 0..1 of the replies whose statistics are given, as sacrebleu's corpus score computes it."""
+    from sacrebleu.metrics.bleu import BLEU
+
+    sys_len, ref_len, *counts = (int(sum(column)) for column in zip(*rows, strict=True))
+    return BLEU.compute_bleu(counts[:4], counts[4:], sys_len, ref_len, smooth_method="none").score / 100
+
+
 def leaks_placeholder(text: str) -> bool:
     """True when a reply still contains a raw {{…}} placeholder."""
     return bool(PLACEHOLDER.search(text))

@@ -52,3 +52,17 @@ def quality_latency_png(points: list[tuple[str, float, float, float]], xlabel: s
         ax.set_ylabel(ylabel)
 
     return figure_png(draw, (6, 3.6))
+
+
+def forest_png(rows: list[tuple[str, float, float, float, bool]], xlabel: str) -> bytes:
+    """One row per (name, difference, low, high, judged) slice, with its interval; slices too small to judge in grey."""
+
+    def draw(ax: Any) -> None:
+        for y, (_, mean, low, high, judged) in enumerate(rows):
+            ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="o", color="tab:blue" if judged else "0.65", capsize=2)
+        ax.axvline(0, color="0.3", linewidth=0.8)
+        ax.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel)
+
+    return figure_png(draw, (6, 1.2 + 0.22 * len(rows)))

@@ -72,6 +72,16 @@ class EvalDir:
         """Query, reference, base and fine-tuned reply per generated example."""
         return self.path / "samples.jsonl"
 
+    @property
+    def forest(self) -> Path:
+        """forest.png: the paired ROUGE-L difference per intent with its interval."""
+        return self.path / "forest.png"
+
+    @property
+    def stats(self) -> Path:
+        """Intervals, paired differences, win rate, slices and the sample-size planner."""
+        return self.path / "stats.json"
+
 
 def safe_name(name: str) -> str:
     """A model name or id as a single folder or file name."""
@@ -109,6 +119,10 @@ class RunDir:
     def report(self, kind: str) -> Path:
         """report.html or report.md."""
         return self.path / f"report.{kind}"
+
+    def gate(self, kind: str) -> Path:
+        """gate.json or gate.md: the release gate's verdict."""
+        return self.path / f"gate.{kind}"
 
     def comparison(self, kind: str) -> Path:
         """comparison.html or comparison.md."""

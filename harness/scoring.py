@@ -13,10 +13,13 @@ from typing import Any
 from supportbench.config import EvalConfig
 from supportbench.data import instruction_hash, load_twcs_pairs
 from supportbench.device import pick_device
-from supportbench.io import SupportBenchError, ensure_writable_dir, write_json, write_jsonl
+from supportbench.io import SupportBenchError, atomic_write_bytes, ensure_writable_dir, write_json, write_jsonl
 from supportbench.metrics import GEN_TASK, METRICS, PPL_TASK, ROUGE_TYPES, corpus_bleu
 from supportbench.models import model_path, resolve
+from supportbench.plots import forest_png
 from supportbench.run import EvalDir, RunDir
+from supportbench.score_cache import base_score_key, load_scores, store_scores
+from supportbench.stats import eval_statistics
 from supportbench.tasks import include_path
 from supportbench.templates import cut_at_stops
 
@@ -98,7 +101,8 @@ def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], 
             "replies_at_token_cap": capped,
         },
         "timing_s": {"load": round(load_s, 2), "generation": round(t1 - t0, 1), "perplexity": round(t2 - t1, 1)},
-        "samples": gen["samples"][GEN_TASK],
+        "samples": [_example(s) for s in gen["samples"][GEN_TASK]],
+        "perplexity_items": {s["doc"]["id"]: list(s["perplexity"]) for s in ppl["samples"][PPL_TASK]},
         "lm_eval_config": gen["config"],
     }
 
@@ -108,19 +112,23 @@ def _raw(sample: dict[str, Any]) -> str:
     return raw[0] if isinstance(raw, list) else raw
 
 
-def _reply(sample: dict[str, Any]) -> str:
-    return cut_at_stops(_raw(sample), sample["doc"]["stop"])[0]
+def _example(sample: dict[str, Any]) -> dict[str, Any]:
+    """What eval keeps of one lm-eval generation sample: the doc's fields, the cut reply and its ROUGE scores."""
+    doc = sample["doc"]
+    reply = cut_at_stops(_raw(sample), doc["stop"])[0]
+    fields = {"id": doc["id"], "category": doc["category"], "intent": doc["intent"], "query": doc["instruction"]}
+    return {**fields, "reference": doc["reference"], "reply": reply, **{m: sample[m] for m in ROUGE_TYPES}}
 
 
 def per_category(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """ROUGE means and corpus BLEU per category, from the per-sample logs."""
+    """ROUGE means and corpus BLEU per category, from the per-example records."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for sample in samples:
-        groups[sample["doc"]["category"]].append(sample)
+        groups[sample["category"]].append(sample)
     table = {}
     for category, members in sorted(groups.items()):
         row = {m: sum(s[m] for s in members) / len(members) for m in ROUGE_TYPES}
-        row["bleu"] = corpus_bleu([_reply(s) for s in members], [s["doc"]["reference"] for s in members])
+        row["bleu"] = corpus_bleu([s["reply"] for s in members], [s["reference"] for s in members])
         row["n"] = len(members)
         table[category] = row
     return table
@@ -129,6 +137,16 @@ def per_category(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 def delta_pct(base: float, tuned: float) -> float | None:
     """Relative change in percent, as the notebook showed it (None when the base is zero)."""
     return None if base == 0 else 100.0 * (tuned - base) / base
+
+
+def check_adapter_applied(base: dict[str, Any], tuned: dict[str, Any]) -> None:
+    """Refuse to report a fine-tuned score that equals the base in every reply and log-likelihood: the adapter did nothing."""
+    same_replies = [s["reply"] for s in base["samples"]] == [s["reply"] for s in tuned["samples"]]
+    if same_replies and base["perplexity_items"] == tuned["perplexity_items"]:
+        raise SupportBenchError(
+            "the fine-tuned model's replies and log-likelihoods equal the base model's on every example: "
+            "the adapter was not applied (or changes nothing); refusing to report a fine-tuned score"
+        )
 
 
 def _check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
@@ -155,25 +173,26 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
     if config.base_model and config.base_model != base_name:
         return score_other_base(run, config, metadata)
     path = model_path(base_name)
-    results = {
-        "base": score_model(path, None, metadata, config),
-        "finetuned": score_model(path, str(run.adapter), metadata, config),
-    }
-    base, tuned = results["base"], results["finetuned"]
-    by_id = {s["doc"]["id"]: s for s in tuned["samples"]}
+    key = base_score_key(path, metadata, config)
+    base = load_scores(key)
+    base_from_cache = base is not None
+    if base is None:
+        base = score_model(path, None, metadata, config)
+        store_scores(key, base)
+    tuned = score_model(path, str(run.adapter), metadata, config)
+    check_adapter_applied(base, tuned)
+    by_id = {s["id"]: s for s in tuned["samples"]}
     side_by_side = [
         {
-            "id": s["doc"]["id"],
-            "category": s["doc"]["category"],
-            "query": s["doc"]["instruction"],
-            "reference": s["doc"]["reference"],
-            "base": _reply(s),
-            "finetuned": _reply(by_id[s["doc"]["id"]]),
-            "base_rougeL": s["rougeL"],
-            "finetuned_rougeL": by_id[s["doc"]["id"]]["rougeL"],
+            **{k: s[k] for k in ("id", "category", "intent", "query", "reference")},
+            "base": s["reply"],
+            "finetuned": by_id[s["id"]]["reply"],
+            **{f"base_{m}": s[m] for m in ROUGE_TYPES},
+            **{f"finetuned_{m}": by_id[s["id"]][m] for m in ROUGE_TYPES},
         }
         for s in base["samples"]
     ]
+    perplexity_pairs = [[*base["perplexity_items"][i], *tuned["perplexity_items"][i]] for i in base["perplexity_items"]]
     summary = {
         "run": str(run.path),
         "dataset": "twcs" if config.twcs else "bitext-test",
@@ -186,11 +205,21 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
         "metrics": {"base": base["metrics"], "finetuned": tuned["metrics"]},
         "delta_pct": {m: delta_pct(base["metrics"][m], tuned["metrics"][m]) for m in base["metrics"]},
         "timing_s": {"base": base["timing_s"], "finetuned": tuned["timing_s"]},
+        "base_scores": {"from_cache": base_from_cache, "key": key},
         "lm_eval": {"version": importlib.metadata.version("lm_eval"), "config": base["lm_eval_config"]},
     }
     out: EvalDir = run.ood if config.twcs else run.eval
     write_json(out.per_category, {"base": per_category(base["samples"]), "finetuned": per_category(tuned["samples"])})
     write_jsonl(out.samples, side_by_side)
+    statistics = eval_statistics(side_by_side, perplexity_pairs, config.seed)
+    write_json(out.stats, statistics)
+    slices = [
+        (f"{r['intent']} (n={r['n']})", *(r["difference"][k] for k in ("mean", "low", "high")), r["judged"])
+        for r in statistics["by_intent"]
+        if "difference" in r
+    ]
+    if slices:
+        atomic_write_bytes(out.forest, forest_png(slices, "ROUGE-L, fine-tuned minus base (95% interval)"))
     write_json(out.metrics, summary)
     return summary
 
@@ -224,6 +253,8 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
             f"{metric:<22}{value:>10.4f}" for metric, value in base.items()
         ]
     tuned, delta = summary["metrics"]["finetuned"], summary["delta_pct"]
+    if summary["base_scores"]["from_cache"]:
+        header += " (base scores reused from the cache)"
     lines = [header, f"{'metric':<22}{'base':>10}{'fine-tuned':>12}{'change':>10}"]
     for metric in base:
         change = "n/a" if delta[metric] is None else f"{delta[metric]:+.1f}%"

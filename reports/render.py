@@ -41,6 +41,10 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
         "eval": _optional_json(run.eval.metrics),
         "per_category": _optional_json(run.eval.per_category),
         "samples": read_jsonl(run.eval.samples, limit=SAMPLES_SHOWN) if run.eval.samples.is_file() else None,
+        "stats": _optional_json(run.eval.stats),
+        "gate": _optional_json(run.gate("json")),
+        "forest_png": base64.b64encode(run.eval.forest.read_bytes()).decode("ascii") if run.eval.forest.is_file() else None,
+        "forest_file": str(run.eval.forest.relative_to(run.path)),
         "ood": _optional_json(run.ood.metrics),
         "bench": _optional_json(run.bench_summary),
         "throughput": _optional_json(run.train_throughput),
@@ -67,6 +71,16 @@ def pct(value: Any) -> str:
     return "—" if value is None else f"{value:+.1f}%"
 
 
+def interval(estimate: dict[str, float], digits: int = 4) -> str:
+    """An estimate with its interval: 0.2659 [0.2438, 0.2899]."""
+    return f"{estimate['mean']:.{digits}f} [{estimate['low']:.{digits}f}, {estimate['high']:.{digits}f}]"
+
+
+def share(value: float) -> str:
+    """A share as a whole percentage."""
+    return f"{100 * value:.0f}%"
+
+
 def mdcell(value: Any) -> str:
     """A value as one Markdown table cell: newlines folded, pipes escaped."""
     return " ".join(str(value).split()).replace("|", "\\|")
@@ -82,7 +96,15 @@ def render(template: str, kind: str, **context: Any) -> str:
         autoescape=kind == "html",
         extensions=["jinja2.ext.do"],
     )
-    env.filters.update(fmt=fmt, pct=pct, mdcell=mdcell, tojson_compact=lambda v: json.dumps(v, sort_keys=True))
+    env.filters.update(
+        fmt=fmt,
+        pct=pct,
+        interval=interval,
+        share=share,
+        mdcell=mdcell,
+        signed=lambda v: f"{v:+.4f}",
+        tojson_compact=lambda v: json.dumps(v, sort_keys=True),
+    )
     env.globals.update(metrics=METRICS, reference=notebook_reference())
     return env.get_template(template).render(kind=kind, **context)
 

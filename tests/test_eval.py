@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config, trained_copy
 
 from supportbench.config import EvalConfig
 from supportbench.io import SupportBenchError, read_json, write_json
 from supportbench.scoring import evaluate_run, table_lines
 from supportbench.tasks import include_path
+from supportbench.trainers.lora import train
 
 
 def test_plain_lm_eval_cli_runs_both_tasks(tiny_run, tiny_model_dir, tmp_path):
@@ -71,8 +74,14 @@ def test_eval_writes_results_and_repeats_exactly(tiny_run):
     assert len(samples) == 4 and {"query", "reference", "base", "finetuned"} <= set(samples[0])
     categories = read_json(tiny_run / "eval" / "per_category.json")["base"]
     assert sum(c["n"] for c in categories.values()) == 4
+    stats = read_json(tiny_run / "eval" / "stats.json")
+    rouge_l = stats["metrics"]["rougeL"]
+    assert stats["n"] == 4 and rouge_l["finetuned"]["mean"] == pytest.approx(first["metrics"]["finetuned"]["rougeL"])
+    assert rouge_l["difference"]["low"] <= rouge_l["difference"]["mean"] <= rouge_l["difference"]["high"]
+    assert stats["metrics"]["bleu"]["finetuned"]["mean"] == pytest.approx(first["metrics"]["finetuned"]["bleu"])
     second = evaluate_run(tiny_run, config)
     assert first["metrics"] == second["metrics"]
+    assert (first["base_scores"]["from_cache"], second["base_scores"]["from_cache"]) == (False, True)
     assert "perplexity_fulltext" in "\n".join(table_lines(first))
 
 
@@ -90,6 +99,37 @@ def test_eval_refuses_a_split_that_is_not_the_trained_one(tiny_run, tmp_path):
     write_json(changed / "train.json", trained)
     with pytest.raises(SupportBenchError, match="no longer holds the split the adapter was trained on"):
         evaluate_run(changed, EvalConfig(limit=2))
+
+
+def test_a_new_adapter_on_the_same_base_reuses_the_base_scores(tiny_run, tiny_model_dir, tmp_path):
+    config = EvalConfig(limit=3, gen_batch_size=3, max_new_tokens=6, ppl_limit=6)
+    first = evaluate_run(trained_copy(tiny_run, tmp_path / "a"), config)
+    other = tmp_path / "b"
+    shutil.copytree(tiny_run / "data", other / "data")
+    train(tiny_config(tiny_model_dir, seed=7, learning_rate=5e-3), other)
+    second = evaluate_run(other, config)
+    assert second["base_scores"] == {"from_cache": True, "key": first["base_scores"]["key"]}
+    assert second["metrics"]["base"] == first["metrics"]["base"]
+    assert second["metrics"]["finetuned"] != first["metrics"]["finetuned"]
+    entry = next((Path(os.environ["SUPPORTBENCH_CACHE"]) / "scores").glob("*.json"))
+    entry.write_text(entry.read_text().replace('"rougeL": ', '"rougeL": 0.5, "x": ', 1))  # tampered, still JSON
+    assert evaluate_run(other, config)["base_scores"]["from_cache"] is False  # recomputed, never trusted
+    assert (
+        evaluate_run(other, EvalConfig(limit=2, gen_batch_size=3, max_new_tokens=6, ppl_limit=6))["base_scores"]["from_cache"]
+        is False
+    )  # another setting, another key
+
+
+def test_an_adapter_that_changes_nothing_is_refused(tiny_run, tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    run = trained_copy(tiny_run, tmp_path / "run", "adapter")
+    untrained = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(target_modules=["q_proj"]))
+    untrained.save_pretrained(run / "adapter")  # LoRA B starts at zero: the model is exactly the base
+    with pytest.raises(SupportBenchError, match="the adapter was not applied"):
+        evaluate_run(run, EvalConfig(limit=2, gen_batch_size=2, max_new_tokens=4, ppl_limit=4))
+    assert not (run / "eval" / "metrics.json").exists()
 
 
 def test_eval_needs_a_finished_run(tmp_path: Path):

@@ -1,0 +1,162 @@
+"""Uncertainty for eval numbers: seeded bootstrap intervals, paired differences with p-values, slices, a planner."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from supportbench.metrics import ROUGE_TYPES, bleu_from_statistics, bleu_statistics
+
+CONFIDENCE = 0.95
+RESAMPLES = 9999
+CORPUS_RESAMPLES = 1000  # corpus BLEU is recomputed per resample: 1,000 keeps it to seconds
+MIN_SLICE = 10  # below this many examples a slice is shown but not judged
+POWER = 0.8
+
+
+def _mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(values, axis=axis)
+
+
+def _bounds(result: Any) -> tuple[float, float]:
+    low, high = result.confidence_interval
+    return float(low), float(high)
+
+
+def mean_interval(values: Sequence[float], seed: int) -> dict[str, float]:
+    """The mean with its 95% percentile-bootstrap interval (scipy.stats.bootstrap, seeded)."""
+    data = np.asarray(values, dtype=float)
+    result = stats.bootstrap((data,), _mean, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile", rng=seed)
+    low, high = _bounds(result)
+    return {"mean": float(data.mean()), "low": low, "high": high, "n": len(data)}
+
+
+def paired_difference(base: Sequence[float], tuned: Sequence[float], seed: int) -> dict[str, float]:
+    """tuned - base on the same examples: mean, 95% paired-bootstrap interval, and a paired permutation p-value."""
+    b, t = np.asarray(base, dtype=float), np.asarray(tuned, dtype=float)
+    difference = mean_interval(t - b, seed)
+    test = stats.permutation_test(
+        (b, t),
+        lambda x, y, axis=-1: np.mean(y - x, axis=axis),
+        permutation_type="samples",  # swaps base and tuned within an example: the paired (sign-flip) test
+        n_resamples=RESAMPLES,
+        vectorized=True,
+        rng=seed,
+    )
+    return {**difference, "p_value": float(test.pvalue)}
+
+
+def corpus_interval(statistic: Callable[[np.ndarray], float], n: int, seed: int) -> dict[str, float]:
+    """A corpus-level statistic of example indices (e.g. corpus BLEU) with its 95% interval over resampled corpora."""
+    indices = np.arange(n)
+    result = stats.bootstrap(
+        (indices,),
+        statistic,
+        vectorized=False,
+        n_resamples=CORPUS_RESAMPLES,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=seed,
+    )
+    low, high = _bounds(result)
+    return {"mean": float(statistic(indices)), "low": low, "high": high, "n": n}
+
+
+def examples_needed(differences: Sequence[float], effect: float) -> int:
+    """Examples a paired difference of `effect` needs to be detected at 95% confidence with 80% power (normal approximation)."""
+    spread = float(np.std(differences, ddof=1))
+    z = stats.norm.ppf(1 - (1 - CONFIDENCE) / 2) + stats.norm.ppf(POWER)
+    return max(2, math.ceil((z * spread / effect) ** 2))
+
+
+def examples_for_half_width(differences: Sequence[float], half_width: float) -> int:
+    """Examples for which the paired difference's 95% interval is at most ±half_width wide (normal approximation)."""
+    spread = float(np.std(differences, ddof=1))
+    return max(2, math.ceil((stats.norm.ppf(1 - (1 - CONFIDENCE) / 2) * spread / half_width) ** 2))
+
+
+def slices(samples: list[dict[str, Any]], key: str, seed: int) -> list[dict[str, Any]]:
+    """Per-slice n, ROUGE-L means and paired difference; slices under MIN_SLICE examples are marked, not judged."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for sample in samples:
+        groups[sample[key]].append(sample)
+    rows = []
+    for name, members in sorted(groups.items()):
+        base = [s["base_rougeL"] for s in members]
+        tuned = [s["finetuned_rougeL"] for s in members]
+        row: dict[str, Any] = {key: name, "n": len(members), "base": float(np.mean(base)), "finetuned": float(np.mean(tuned))}
+        row["judged"] = len(members) >= MIN_SLICE
+        if len(members) > 1:  # an interval needs two examples; judging one needs MIN_SLICE
+            row["difference"] = paired_difference(base, tuned, seed)
+        rows.append(row)
+    return rows
+
+
+def perplexity_intervals(pairs: Sequence[Sequence[float]], seed: int) -> dict[str, dict[str, float]]:
+    """Corpus perplexity of base and fine-tuned, and their paired difference, over resampled examples; `pairs` holds
+    (base log-likelihood, base tokens, fine-tuned log-likelihood, fine-tuned tokens) per example."""
+    table = np.asarray(pairs, dtype=float)
+
+    def perplexity(ll: int, tokens: int) -> Callable[[np.ndarray], float]:
+        return lambda i: float(np.exp(-table[i, ll].sum() / table[i, tokens].sum()))
+
+    base, tuned = perplexity(0, 1), perplexity(2, 3)
+    n = len(table)
+    return {
+        "base": corpus_interval(base, n, seed),
+        "finetuned": corpus_interval(tuned, n, seed),
+        "difference": corpus_interval(lambda i: tuned(i) - base(i), n, seed),
+    }
+
+
+def eval_statistics(samples: list[dict[str, Any]], perplexity_pairs: Sequence[Sequence[float]], seed: int) -> dict[str, Any]:
+    """Intervals, paired differences, win rate, slices and the sample-size planner from eval's side-by-side samples
+    and the per-example perplexity log-likelihoods."""
+    n = len(samples)
+    metrics: dict[str, Any] = {}
+    for metric in ROUGE_TYPES:
+        base = [s[f"base_{metric}"] for s in samples]
+        tuned = [s[f"finetuned_{metric}"] for s in samples]
+        metrics[metric] = {
+            "base": mean_interval(base, seed),
+            "finetuned": mean_interval(tuned, seed),
+            "difference": paired_difference(base, tuned, seed),
+        }
+    references = [s["reference"] for s in samples]
+    counts = {side: np.asarray(bleu_statistics([s[side] for s in samples], references)) for side in ("base", "finetuned")}
+
+    def bleu(side: str) -> Callable[[np.ndarray], float]:
+        return lambda i: bleu_from_statistics(counts[side][i])
+
+    metrics["bleu"] = {
+        "base": corpus_interval(bleu("base"), n, seed),
+        "finetuned": corpus_interval(bleu("finetuned"), n, seed),
+        "difference": corpus_interval(lambda i: bleu("finetuned")(i) - bleu("base")(i), n, seed),
+    }
+    metrics["perplexity"] = perplexity_intervals(perplexity_pairs, seed)
+    differences = [s["finetuned_rougeL"] - s["base_rougeL"] for s in samples]
+    wins = [float(d > 0) for d in differences]
+    by_intent = slices(samples, "intent", seed)
+    judged = sorted((r for r in by_intent if r["judged"]), key=lambda r: r["difference"]["mean"])
+    return {
+        "confidence": CONFIDENCE,
+        "resamples": {"bootstrap": RESAMPLES, "corpus_bleu": CORPUS_RESAMPLES, "permutation": RESAMPLES},
+        "seed": seed,
+        "n": n,
+        "metrics": metrics,
+        "win_rate_rougeL": {**mean_interval(wins, seed), "ties": sum(d == 0 for d in differences)},
+        "by_category": slices(samples, "category", seed),
+        "by_intent": by_intent,
+        "min_slice": MIN_SLICE,
+        "worst_intents": [r["intent"] for r in judged[:5]],
+        "planner_rougeL": {
+            "difference_sd": float(np.std(differences, ddof=1)),
+            "examples_to_detect": {str(effect): examples_needed(differences, effect) for effect in (0.01, 0.02, 0.03, 0.05)},
+            "examples_for_half_width_0.03": examples_for_half_width(differences, 0.03),
+        },
+    }
