@@ -114,6 +114,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from supportbench.gate import apply_rules, write_gate
 
     verdict = apply_rules(Path(args.run), baseline=args.baseline, rules_file=args.rules)
+    print("\n".join(verdict["evidence"]))
     for check in verdict["checks"]:
         state = "pass" if check["passed"] else ("not applied" if check["passed"] is None else "FAIL")
         print(f"{state:<12} {check['rule']:<28} {check['value']}  (needs {check['needs']})")

@@ -141,7 +141,29 @@ def apply_rules(run_dir: Path, baseline: str | None = None, rules_file: str | No
         else:
             check("max_reply_p50_s", "no benchmark (run `supportbench bench`)", f"<= {limit} s", False)
     failed = [c["rule"] for c in checks if c["passed"] is False]
-    return {"run": str(run.path), "baseline": baseline, "rules": rules, "checks": checks, "failed": failed, "passed": not failed}
+    return {
+        "run": str(run.path),
+        "baseline": baseline,
+        "rules": rules,
+        "checks": checks,
+        "failed": failed,
+        "passed": not failed,
+        "evidence": evidence_lines(stats),
+    }
+
+
+def evidence_lines(stats: dict[str, Any]) -> list[str]:
+    """What the verdict rests on: the ROUGE-L difference, the win rate, the slices that can be judged, the planner."""
+    d, wins, planner = stats["metrics"]["rougeL"]["difference"], stats["win_rate_rougeL"], stats["planner_rougeL"]
+    judged = [r for r in stats["by_intent"] if r["judged"]]
+    return [
+        f"ROUGE-L fine-tuned minus base {_interval(d)}, paired permutation p = {d['p_value']:.4f}, n = {d['n']}",
+        f"fine-tuned wins on ROUGE-L in {wins['mean']:.0%} of examples ({wins['low']:.0%} to {wins['high']:.0%})",
+        f"{len(judged)} of {len(stats['by_intent'])} intents have the {stats['min_slice']}+ examples to be judged"
+        + (f"; smallest difference: {', '.join(stats['worst_intents'])}" if stats["worst_intents"] else ""),
+        f"planner: a ±0.03 ROUGE-L interval needs {planner['examples_for_half_width_0.03']} examples, detecting a "
+        f"0.02 difference {planner['examples_to_detect']['0.02']}",
+    ]
 
 
 def write_gate(run_dir: Path, verdict: dict[str, Any]) -> str:

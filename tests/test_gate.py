@@ -59,7 +59,9 @@ def test_a_clear_improvement_passes_and_is_written(tmp_path, scores, monkeypatch
     summary = tmp_path / "step_summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     assert main(["gate", "--run", str(run.path)]) == 0
-    assert "gate passed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "gate passed" in out and "fine-tuned wins on ROUGE-L in 100% of examples" in out
+    assert "3 of 3 intents have the 10+ examples to be judged" in out  # 20 examples each
     verdict = read_json(run.gate("json"))
     assert verdict["passed"] and {c["rule"]: c["passed"] for c in verdict["checks"]}["non_inferior_to_baseline"] is None
     assert "PASSED" in run.gate("md").read_text() and "PASSED" in summary.read_text()
