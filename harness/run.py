@@ -53,34 +53,15 @@ class SplitDir:
 
 @dataclass(frozen=True)
 class EvalDir:
-    """One eval's outputs: metrics.json, per_category.json and the side-by-side samples.jsonl."""
+    """One eval's outputs: metrics, per-category table, side-by-side samples, statistics and the forest plot."""
 
     path: Path
 
-    @property
-    def metrics(self) -> Path:
-        """Summary metrics, n, timings and settings."""
-        return self.path / "metrics.json"
-
-    @property
-    def per_category(self) -> Path:
-        """Metrics per category."""
-        return self.path / "per_category.json"
-
-    @property
-    def samples(self) -> Path:
-        """Query, reference, base and fine-tuned reply per generated example."""
-        return self.path / "samples.jsonl"
-
-    @property
-    def forest(self) -> Path:
-        """forest.png: the paired ROUGE-L difference per intent with its interval."""
-        return self.path / "forest.png"
-
-    @property
-    def stats(self) -> Path:
-        """Intervals, paired differences, win rate, slices and the sample-size planner."""
-        return self.path / "stats.json"
+    metrics = property(lambda self: self.path / "metrics.json", doc="Summary metrics, n, timings and settings.")
+    per_category = property(lambda self: self.path / "per_category.json", doc="Metrics per category.")
+    samples = property(lambda self: self.path / "samples.jsonl", doc="Query, reference and both replies per example.")
+    stats = property(lambda self: self.path / "stats.json", doc="Intervals, paired differences, slices, planner.")
+    forest = property(lambda self: self.path / "forest.png", doc="The paired ROUGE-L difference per intent.")
 
 
 def safe_name(name: str) -> str:
