@@ -83,6 +83,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Keep what session- and module-scoped fixtures cache (models, base scores) out of the user's home too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SUPPORTBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        patch.delenv("SUPPORTBENCH_REGISTRY", raising=False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test's model cache and registry out of the user's home."""
