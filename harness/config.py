@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import types
 import typing
@@ -263,8 +262,3 @@ def load_train_config(preset: str | None = DEFAULT_PRESET, config_file: str | No
     config = TrainConfig(**values)
     config.validate()
     return config
-
-
-def as_dict(config: Any) -> dict[str, Any]:
-    """A config as plain JSON-ready values (tuples as lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
