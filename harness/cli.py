@@ -93,20 +93,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from supportbench.io import read_json
     from supportbench.run import RunDir
     from supportbench.scoring import evaluate_run, table_lines
+    from supportbench.stats import evidence_lines
 
     values = config_values(EvalConfig, args)
     config = EvalConfig(**{**values, "limit": None if args.full else values["limit"]})
     config.validate()
     summary = evaluate_run(Path(args.run), config)
     print("\n".join(table_lines(summary)))
-    out = RunDir(Path(args.run)).ood if config.twcs else RunDir(Path(args.run)).eval
     if "finetuned" in summary["metrics"]:
-        stats = read_json(out.stats)
-        d, wins = stats["metrics"]["rougeL"]["difference"], stats["win_rate_rougeL"]
-        print(
-            f"ROUGE-L fine-tuned minus base: {d['mean']:+.4f} (95% interval {d['low']:+.4f} to {d['high']:+.4f}, "
-            f"paired permutation p = {d['p_value']:.4f}); fine-tuned wins {wins['mean']:.0%} of {d['n']} examples"
-        )
+        print("\n".join(evidence_lines(read_json(RunDir(Path(args.run)).evaluation(ood=bool(config.twcs)).stats))[:2]))
 
 
 def cmd_gate(args: argparse.Namespace) -> int:

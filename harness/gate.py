@@ -10,7 +10,7 @@ from typing import Any
 from supportbench.io import SupportBenchError, atomic_write_text, read_json, read_jsonl, read_yaml, write_json
 from supportbench.metrics import METRICS, ROUGE_TYPES
 from supportbench.run import EvalDir, RunDir
-from supportbench.stats import paired_difference
+from supportbench.stats import evidence_lines, paired_difference, signed_interval
 
 RULE_KEYS = {
     "beats_base": {"metric", "min_lower_bound"},
@@ -76,10 +76,6 @@ def _check_comparable(mine: dict[str, Any], theirs: dict[str, Any], path: str) -
         raise SupportBenchError(f"cannot compare with baseline {path}: " + "; ".join(reasons))
 
 
-def _interval(d: dict[str, float]) -> str:
-    return f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-
-
 def apply_rules(run_dir: Path, baseline: str | None = None, rules_file: str | None = None) -> dict[str, Any]:
     """Check every rule against the run's files; return the verdict with one row per rule."""
     run = RunDir(run_dir)
@@ -100,7 +96,7 @@ def apply_rules(run_dir: Path, baseline: str | None = None, rules_file: str | No
         d = _improvement(stats, rule["metric"])
         check(
             "beats_base",
-            f"{METRICS[rule['metric']].label} gain over base {_interval(d)}",
+            f"{METRICS[rule['metric']].label} gain over base {signed_interval(d)}",
             f"lower bound > {rule['min_lower_bound']}",
             d["low"] > rule["min_lower_bound"],
         )
@@ -119,7 +115,7 @@ def apply_rules(run_dir: Path, baseline: str | None = None, rules_file: str | No
             d = paired_difference([by_id[s["id"]] for s in mine], [s[key] for s in mine], stats["seed"])
             check(
                 "non_inferior_to_baseline",
-                f"{METRICS[rule['metric']].label} minus the baseline's {_interval(d)}",
+                f"{METRICS[rule['metric']].label} minus the baseline's {signed_interval(d)}",
                 f"lower bound > -{rule['margin']}",
                 d["low"] > -rule["margin"],
             )
@@ -150,20 +146,6 @@ def apply_rules(run_dir: Path, baseline: str | None = None, rules_file: str | No
         "passed": not failed,
         "evidence": evidence_lines(stats),
     }
-
-
-def evidence_lines(stats: dict[str, Any]) -> list[str]:
-    """What the verdict rests on: the ROUGE-L difference, the win rate, the slices that can be judged, the planner."""
-    d, wins, planner = stats["metrics"]["rougeL"]["difference"], stats["win_rate_rougeL"], stats["planner_rougeL"]
-    judged = [r for r in stats["by_intent"] if r["judged"]]
-    return [
-        f"ROUGE-L fine-tuned minus base {_interval(d)}, paired permutation p = {d['p_value']:.4f}, n = {d['n']}",
-        f"fine-tuned wins on ROUGE-L in {wins['mean']:.0%} of examples ({wins['low']:.0%} to {wins['high']:.0%})",
-        f"{len(judged)} of {len(stats['by_intent'])} intents have the {stats['min_slice']}+ examples to be judged"
-        + (f"; smallest difference: {', '.join(stats['worst_intents'])}" if stats["worst_intents"] else ""),
-        f"planner: a ±0.03 ROUGE-L interval needs {planner['examples_for_half_width_0.03']} examples, detecting a "
-        f"0.02 difference {planner['examples_to_detect']['0.02']}",
-    ]
 
 
 def write_gate(run_dir: Path, verdict: dict[str, Any]) -> str:

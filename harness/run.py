@@ -93,6 +93,10 @@ class RunDir:
     eval_speed = property(lambda self: self.path / "bench" / "eval_speed.json", doc="Batched eval vs one at a time.")
     train_throughput = property(lambda self: self.path / "bench" / "train_throughput.json", doc="Training tokens/s arms.")
 
+    def evaluation(self, ood: bool) -> EvalDir:
+        """The eval folder of the held-out split, or of the out-of-domain TWCS pairs."""
+        return self.ood if ood else self.eval
+
     def base_model_scores(self, model: str) -> Path:
         """Scores of another base model on this run's split."""
         return self.path / "eval" / "base_models" / f"{safe_name(model)}.json"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import time
 from collections import defaultdict
@@ -13,11 +12,11 @@ from typing import Any
 from supportbench.config import EvalConfig
 from supportbench.data import instruction_hash, load_twcs_pairs
 from supportbench.device import pick_device
-from supportbench.io import SupportBenchError, atomic_write_bytes, ensure_writable_dir, write_json, write_jsonl
+from supportbench.io import SupportBenchError, atomic_write_bytes, ensure_writable_dir, sha256_file, write_json, write_jsonl
 from supportbench.metrics import GEN_TASK, METRICS, PPL_TASK, ROUGE_TYPES, corpus_bleu
 from supportbench.models import model_path, resolve
 from supportbench.plots import forest_png
-from supportbench.run import EvalDir, RunDir
+from supportbench.run import RunDir
 from supportbench.score_cache import base_score_key, load_scores, store_scores
 from supportbench.stats import eval_statistics
 from supportbench.tasks import include_path
@@ -31,8 +30,8 @@ def check_no_leakage(run: RunDir) -> dict[str, Any]:
     manifest = split.manifest()["splits"]
     hashes = {}
     for name in ("train", "test"):
-        data = split.split_path(name).read_bytes() if split.split_path(name).is_file() else b""
-        hashes[name] = hashlib.sha256(data).hexdigest()
+        path = split.split_path(name)
+        hashes[name] = sha256_file(path) if path.is_file() else "missing"
         if hashes[name] != manifest[name]["sha256"]:
             raise SupportBenchError(
                 f"{split.split_path(name)} is not the {name} split its manifest describes (sha256 differs: edited, "
@@ -208,7 +207,7 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
         "base_scores": {"from_cache": base_from_cache, "key": key},
         "lm_eval": {"version": importlib.metadata.version("lm_eval"), "config": base["lm_eval_config"]},
     }
-    out: EvalDir = run.ood if config.twcs else run.eval
+    out = run.evaluation(ood=bool(config.twcs))
     write_json(out.per_category, {"base": per_category(base["samples"]), "finetuned": per_category(tuned["samples"])})
     write_jsonl(out.samples, side_by_side)
     statistics = eval_statistics(side_by_side, perplexity_pairs, config.seed)

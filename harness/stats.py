@@ -160,3 +160,22 @@ def eval_statistics(samples: list[dict[str, Any]], perplexity_pairs: Sequence[Se
             "examples_for_half_width_0.03": examples_for_half_width(differences, 0.03),
         },
     }
+
+
+def signed_interval(estimate: dict[str, float]) -> str:
+    """A difference with its interval: +0.1150 [+0.0863, +0.1461]."""
+    return f"{estimate['mean']:+.4f} [{estimate['low']:+.4f}, {estimate['high']:+.4f}]"
+
+
+def evidence_lines(stats: dict[str, Any]) -> list[str]:
+    """What a verdict rests on: the ROUGE-L difference, the win rate, the slices that can be judged, the planner."""
+    d, wins, planner = stats["metrics"]["rougeL"]["difference"], stats["win_rate_rougeL"], stats["planner_rougeL"]
+    judged = [r for r in stats["by_intent"] if r["judged"]]
+    return [
+        f"ROUGE-L fine-tuned minus base {signed_interval(d)}, paired permutation p = {d['p_value']:.4f}, n = {d['n']}",
+        f"fine-tuned wins on ROUGE-L in {wins['mean']:.0%} of examples ({wins['low']:.0%} to {wins['high']:.0%})",
+        f"{len(judged)} of {len(stats['by_intent'])} intents have the {stats['min_slice']}+ examples to be judged"
+        + (f"; smallest difference: {', '.join(stats['worst_intents'])}" if stats["worst_intents"] else ""),
+        f"planner: a ±0.03 ROUGE-L interval needs {planner['examples_for_half_width_0.03']} examples, detecting a "
+        f"0.02 difference {planner['examples_to_detect']['0.02']}",
+    ]

@@ -22,6 +22,10 @@ def _optional_json(path: Path) -> Any:
     return read_json(path) if path.is_file() else None
 
 
+def _optional_png(path: Path) -> str | None:
+    return base64.b64encode(path.read_bytes()).decode("ascii") if path.is_file() else None
+
+
 def notebook_reference() -> dict[str, Any]:
     """The original notebook's published figures, labelled with their source."""
     text = resources.files("supportbench.reports").joinpath("notebook_reference.yaml").read_text(encoding="utf-8")
@@ -43,12 +47,12 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
         "samples": read_jsonl(run.eval.samples, limit=SAMPLES_SHOWN) if run.eval.samples.is_file() else None,
         "stats": _optional_json(run.eval.stats),
         "gate": _optional_json(run.gate("json")),
-        "forest_png": base64.b64encode(run.eval.forest.read_bytes()).decode("ascii") if run.eval.forest.is_file() else None,
+        "forest_png": _optional_png(run.eval.forest),
         "forest_file": str(run.eval.forest.relative_to(run.path)),
         "ood": _optional_json(run.ood.metrics),
         "bench": _optional_json(run.bench_summary),
         "throughput": _optional_json(run.train_throughput),
-        "loss_curve_png": base64.b64encode(run.loss_curve.read_bytes()).decode("ascii") if run.loss_curve.is_file() else None,
+        "loss_curve_png": _optional_png(run.loss_curve),
         "loss_curve_file": run.loss_curve.name,
     }
 

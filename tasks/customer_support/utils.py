@@ -13,7 +13,7 @@ from lm_eval.api.task import ConfigurableTask
 
 from supportbench.config import DataConfig, resolve_source
 from supportbench.data import load_twcs_pairs, prepare
-from supportbench.io import SupportBenchError
+from supportbench.io import SupportBenchError, sha256_file
 from supportbench.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
 from supportbench.models import cache_root
 from supportbench.run import SplitDir
@@ -37,7 +37,7 @@ def _rows(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     data_dir = metadata.get("data_dir") or os.environ.get(SPLIT_ENV)
     split, name = SplitDir(Path(data_dir)) if data_dir else _default_split(), metadata.get("split", "test")
     expected = metadata.get("sha256")
-    if expected and hashlib.sha256(split.split_path(name).read_bytes()).hexdigest() != expected:
+    if expected and split.split_path(name).is_file() and sha256_file(split.split_path(name)) != expected:
         raise SupportBenchError(f"{split.split_path(name)} changed after it was checked (sha256 differs); refusing to score it")
     return split.rows(name)
 
