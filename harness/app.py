@@ -9,10 +9,12 @@ from typing import Any
 
 from supportbench.assistant import Assistant
 from supportbench.io import SupportBenchError
+from supportbench.openai_api import openai_routes
 from supportbench.reports.render import collect_run, render
 from supportbench.run import RunDir
 from supportbench.templates import Turn
 
+CONCURRENT_REQUESTS = 8  # requests handed to the backend at once: the exported runtime decodes them as one batch
 EXAMPLES = [
     "I want to cancel my order, how do I do that?",
     "Where is my refund? It has been two weeks.",
@@ -85,7 +87,8 @@ def build_app(run_dir: Path, assistant: Assistant | None = None):
     assistant = assistant or Assistant(run_dir)
     curve = RunDir(run_dir).loss_curve
     with gr.Blocks(title="SupportBench assistant", analytics_enabled=False) as app:
-        intro = f"Base model `{assistant.model_name}` with the LoRA adapter of `{run_dir}`."
+        intro = f"Base model `{assistant.model_name}` with the LoRA adapter of `{run_dir}`"
+        intro += f", served by {assistant.backend.description}."
         gr.Markdown(f"# SupportBench customer-support assistant\n{intro}")
         with gr.Tab("Chat", id="chat"):
             chatbot = gr.Chatbot(label="Conversation", elem_id="chatbot", height=420)
@@ -124,11 +127,23 @@ def build_app(run_dir: Path, assistant: Assistant | None = None):
             gr.Markdown(performance_markdown(run_dir), elem_id="performance")
             if curve.is_file():
                 gr.Image(str(curve), label="Loss curve", elem_id="loss-curve", interactive=False)
-    app.queue(default_concurrency_limit=1, max_size=64)
+    app.queue(default_concurrency_limit=CONCURRENT_REQUESTS, max_size=64)  # the backend batches or serializes them
     return app
 
 
-def serve(run_dir: Path, port: int | None = None, share: bool = False) -> None:
-    """Start the app on localhost (analytics off, no share link unless asked)."""
+def serve(run_dir: Path, port: int | None = None, share: bool = False, backend: str = "auto") -> None:
+    """Serve the app and the OpenAI-compatible /v1 routes on 127.0.0.1 (analytics off; a share link only if asked)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    build_app(Path(run_dir)).launch(server_name="127.0.0.1", server_port=port, share=share, show_error=True)
+    import gradio as gr
+    import uvicorn
+    from fastapi import FastAPI
+
+    assistant = Assistant(Path(run_dir), serve=backend, max_batch=CONCURRENT_REQUESTS)
+    print(f"serving {assistant.model_name}: {assistant.backend.description}")
+    blocks = build_app(Path(run_dir), assistant)
+    if share:  # a share link needs Gradio's own launcher, which serves the UI only
+        blocks.launch(server_name="127.0.0.1", server_port=port, share=True, show_error=True)
+        return
+    api = FastAPI(title="SupportBench assistant")
+    api.include_router(openai_routes(assistant))
+    uvicorn.run(gr.mount_gradio_app(api, blocks, path="/", show_error=True), host="127.0.0.1", port=port or 7860)

@@ -12,12 +12,16 @@ from typing import Any
 
 import torch
 
+from supportbench import runtime
 from supportbench.device import machine_info
+from supportbench.export import exported_format, folder_mib
 from supportbench.io import SupportBenchError, read_json, write_json
 from supportbench.metrics import percentile
-from supportbench.models import materialize, resolve
+from supportbench.models import materialize, model_path, resolve
 from supportbench.run import VARIANTS, RunDir
 from supportbench.templates import Turn, get_template
+
+EXPORTED = "exported"  # the bench variant of the exported runtime model
 
 
 class TokenClock:
@@ -56,34 +60,94 @@ def prompts_for(run: RunDir, tokenizer: Any, queries: list[str]) -> list[str]:
     return [template.prompt([Turn(q)], tokenizer) for q in queries]
 
 
-@torch.inference_mode()
-def timed_reply(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> dict[str, float]:
-    """Greedy-generate one reply; return time to first token, per-token decode latency and end-to-end time."""
-    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-    clock = TokenClock()
-    model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=clock, pad_token_id=tokenizer.pad_token_id)
+class TorchReplier:
+    """Greedy replies from a transformers model (base, base+LoRA or merged), timed."""
+
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model, self.tokenizer = model, tokenizer
+
+    @torch.inference_mode()
+    def timed_reply(self, prompt: str, max_new_tokens: int) -> dict[str, float]:
+        """Generate one reply; return time to first token, per-token decode latency, end-to-end and CPU time."""
+        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
+        clock, cpu = TokenClock(), time.process_time()
+        pad = self.tokenizer.pad_token_id
+        self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=clock, pad_token_id=pad)
+        return reply_timing(clock.started, clock.stamps, time.process_time() - cpu)
+
+    @torch.inference_mode()
+    def batched(self, prompts: list[str], max_new_tokens: int) -> dict[str, float]:
+        """New tokens per second, and CPU seconds, with all prompts generated as one left-padded batch."""
+        self.tokenizer.padding_side = "left"
+        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+        started, cpu = time.perf_counter(), time.process_time()
+        pad = self.tokenizer.pad_token_id
+        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        produced = int((output[:, inputs["input_ids"].shape[1] :] != pad).sum())
+        return {"tokens_per_s_batched": produced / elapsed, "cpu_s_per_reply_batched": cpu / len(prompts)}
+
+
+class ExportedReplier:
+    """Greedy replies from the exported CTranslate2 model, timed the same way."""
+
+    def __init__(self, folder: Path):
+        from transformers import AutoTokenizer
+
+        self.generator, self.tokenizer = runtime.load_generator(folder), AutoTokenizer.from_pretrained(folder)
+
+    def timed_reply(self, prompt: str, max_new_tokens: int) -> dict[str, float]:
+        """Generate one reply; return time to first token, per-token decode latency, end-to-end and CPU time."""
+        stamps: list[float] = []
+        started, cpu = time.perf_counter(), time.process_time()
+        tokens = runtime.prompt_tokens(self.tokenizer, prompt)
+        runtime.generate(self.generator, [tokens], max_new_tokens, lambda index, token: stamps.append(time.perf_counter()))
+        return reply_timing(started, stamps, time.process_time() - cpu)
+
+    def batched(self, prompts: list[str], max_new_tokens: int) -> dict[str, float]:
+        """New tokens per second, and CPU seconds, with all prompts generated as one batch."""
+        started, cpu = time.perf_counter(), time.process_time()
+        tokens = [runtime.prompt_tokens(self.tokenizer, p) for p in prompts]
+        produced = sum(map(len, runtime.generate(self.generator, tokens, max_new_tokens)))
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return {"tokens_per_s_batched": produced / elapsed, "cpu_s_per_reply_batched": cpu / len(prompts)}
+
+
+def load_replier(run: RunDir, variant: str) -> TorchReplier | ExportedReplier:
+    """The timed replier of one bench variant."""
+    if variant == EXPORTED:
+        return ExportedReplier(run.exported(runtime.FORMAT))
+    return TorchReplier(*run.load_variant(variant))
+
+
+def bench_variants(run: RunDir) -> tuple[str, ...]:
+    """base, lora and merged, plus the exported model when `supportbench export` wrote one for this adapter."""
+    return (*VARIANTS, EXPORTED) if exported_format(run.path) else VARIANTS
+
+
+def disk_mib(run: RunDir, variant: str) -> float | None:
+    """What a variant needs on disk: the base weights, plus the adapter, or the merged or exported folder alone."""
+    if variant == EXPORTED:
+        return folder_mib(run.exported(runtime.FORMAT))
+    if variant == "merged":
+        return folder_mib(run.merged) if run.merged.is_dir() else None
+    base = Path(model_path(run.trained()["config"]["model"]))
+    if not base.is_dir():
+        return None
+    return folder_mib(base) + (folder_mib(run.adapter) if variant == "lora" else 0.0)
+
+
+def reply_timing(started: float, stamps: list[float], cpu_s: float) -> dict[str, float]:
+    """One reply's figures from the timestamps of its new tokens."""
     done = time.perf_counter()
-    stamps = clock.stamps
     decode = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else float("nan")
     return {
-        "ttft_s": stamps[0] - clock.started,
+        "ttft_s": stamps[0] - started,
         "decode_s_per_token": decode,
-        "e2e_s": done - clock.started,
+        "e2e_s": done - started,
         "new_tokens": len(stamps),
+        "cpu_s": cpu_s,
     }
-
-
-@torch.inference_mode()
-def batched_tokens_per_s(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> float:
-    """New tokens per second when all prompts are generated as one left-padded batch."""
-    tokenizer.padding_side = "left"
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    started = time.perf_counter()
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    elapsed = time.perf_counter() - started
-    new = output[:, inputs["input_ids"].shape[1] :]
-    produced = int((new != tokenizer.pad_token_id).sum())
-    return produced / elapsed
 
 
 def summarize_replies(timings: list[dict[str, float]]) -> dict[str, float]:
@@ -96,6 +160,7 @@ def summarize_replies(timings: list[dict[str, float]]) -> dict[str, float]:
         "ttft_p50_s": statistics.median(t["ttft_s"] for t in timings),
         "decode_ms_per_token_p50": 1000 * statistics.median(t["decode_s_per_token"] for t in timings),
         "tokens_per_s_batch1": sum(t["new_tokens"] for t in timings) / sum(e2e),
+        "cpu_s_per_reply": statistics.mean(t["cpu_s"] for t in timings),
     }
 
 
@@ -124,6 +189,8 @@ def run_suite(run_dir: Path, quick: bool) -> dict[str, Any]:
     if subprocess.run(command, env=env).returncode != 0:
         raise SupportBenchError(f"the benchmark suite failed; see the output above ({run.bench_raw} may be incomplete)")
     summary = summarize_benchmarks(read_json(run.bench_raw))
+    for variant, row in summary["variants"].items():
+        row["size_on_disk_mib"] = disk_mib(run, variant)
     summary.update({"machine": machine_info(), "quick": quick, "queries": bench_queries(run, 3 if quick else 8)})
     write_json(run.bench_summary, summary)
     return summary
@@ -131,14 +198,17 @@ def run_suite(run_dir: Path, quick: bool) -> dict[str, Any]:
 
 def summarize_benchmarks(raw: dict[str, Any]) -> dict[str, Any]:
     """Fold pytest-benchmark JSON into one row per variant."""
-    rows: dict[str, dict[str, Any]] = {v: {} for v in VARIANTS}
+    rows: dict[str, dict[str, Any]] = {}
     for bench in raw["benchmarks"]:
         info, stats = bench["extra_info"], bench["stats"]
-        row = rows[info["variant"]]
+        row = rows.setdefault(info["variant"], {})
         if info["measure"] in ("cold_load", "warm_load"):
             row[f"{info['measure']}_s"] = stats["median"]
         else:
             row.update({k: v for k, v in info.items() if k not in ("variant", "measure")})
+    for row in rows.values():  # what 1,000 replies like the bench's cost, one at a time and batched
+        row["cpu_s_per_1k_replies"] = 1000 * row["cpu_s_per_reply"]
+        row["cpu_s_per_1k_replies_batched"] = 1000 * row["cpu_s_per_reply_batched"]
     return {"variants": rows, "pytest_benchmark": {"version": raw.get("version"), "datetime": raw.get("datetime")}}
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from supportbench.config import DEFAULT_PRESET, DataConfig, EvalConfig, RankConfig, TrainConfig, preset_names
 from supportbench.io import SupportBenchError
+from supportbench.runtime import FORMAT
 
 
 def add_config_options(parser: argparse.ArgumentParser, cls: type, overrides: bool = False) -> None:
@@ -95,6 +96,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from supportbench.scoring import evaluate_run, table_lines
     from supportbench.stats import evidence_lines
 
+    if args.exported:
+        from supportbench.scoring import score_exported
+        from supportbench.stats import signed_interval
+
+        summary = score_exported(Path(args.run))
+        exported, fp32 = summary["metrics"]["exported"], summary["metrics"]["fp32"]
+        print(f"{summary['format']} against the fp32 fine-tuned model, {summary['n']} examples (same prompts, greedy):")
+        for metric in ("rougeL", "bleu", "runon", "placeholder_leak"):
+            print(f"{metric:<22}{fp32[metric]:>10.4f}{exported[metric]:>12.4f}")
+        print(f"ROUGE-L exported - fp32: {signed_interval(summary['rougeL_difference'])}")
+        return
     values = config_values(EvalConfig, args)
     config = EvalConfig(**{**values, "limit": None if args.full else values["limit"]})
     config.validate()
@@ -152,14 +164,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     summary = run_suite(run.path, quick=args.quick)
     print(
-        f"{'variant':<8}{'warm load s':>12}{'TTFT s':>9}{'ms/token':>10}{'p50 s':>8}{'p95 s':>8}{'tok/s b1':>10}"
-        f"{'tok/s batch':>12}{'peak RSS MiB':>14}"
+        f"{'variant':<10}{'warm load s':>12}{'TTFT s':>9}{'ms/token':>10}{'p50 s':>8}{'p95 s':>8}{'tok/s b1':>10}"
+        f"{'tok/s batch':>12}{'CPU-s/1k b1':>12}{'CPU-s/1k bat':>13}{'peak RSS MiB':>14}{'disk MiB':>10}"
     )
     for name, row in summary["variants"].items():
+        disk = "n/a" if row["size_on_disk_mib"] is None else f"{row['size_on_disk_mib']:.0f}"
         print(
-            f"{name:<8}{row['warm_load_s']:>12.2f}{row['ttft_p50_s']:>9.3f}{row['decode_ms_per_token_p50']:>10.1f}"
+            f"{name:<10}{row['warm_load_s']:>12.2f}{row['ttft_p50_s']:>9.3f}{row['decode_ms_per_token_p50']:>10.1f}"
             f"{row['e2e_p50_s']:>8.2f}{row['e2e_p95_s']:>8.2f}{row['tokens_per_s_batch1']:>10.1f}"
-            f"{row['tokens_per_s_batched']:>12.1f}{row['peak_rss_mib']:>14.0f}"
+            f"{row['tokens_per_s_batched']:>12.1f}{row['cpu_s_per_1k_replies']:>12.0f}{row['cpu_s_per_1k_replies_batched']:>13.0f}"
+            f"{row['peak_rss_mib']:>14.0f}{disk:>10}"
         )
     print(f"written to {run.bench_dir}")
 
@@ -187,11 +201,21 @@ def cmd_rank(args: argparse.Namespace) -> None:
         print(f"{row['model']:<28} {shown}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """Merge the adapter and write deployable models into RUN/export/."""
+    from supportbench.export import export_run
+
+    manifest = export_run(Path(args.run), to=args.to, force=args.force)
+    for name, written in manifest["formats"].items():
+        detail = written.get("quantization", written.get("dtype"))
+        print(f"{name:<18} {detail:<8} {written['size_mib']:>8.1f} MiB  {written['path']}")
+
+
 def cmd_app(args: argparse.Namespace) -> None:
     """Serve the Gradio app for a run."""
     from supportbench.app import serve
 
-    serve(Path(args.run), port=args.port, share=args.share)
+    serve(Path(args.run), port=args.port, share=args.share, backend=args.serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
         run="a finished training run folder",
     )
     p.add_argument("--full", action="store_true", help="generate for the whole held-out split (overrides --limit)")
+    p.add_argument(
+        "--exported",
+        action="store_true",
+        help="instead: score the exported model (`supportbench export`) with the settings of the run's eval, paired "
+        "with its fp32 fine-tuned replies; writes eval/exported/",
+    )
     add_config_options(p, EvalConfig)
 
     p = stage(
@@ -305,6 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, RankConfig)
 
     p = stage(
+        "export",
+        cmd_export,
+        "merge the adapter and write deployable models (safetensors, CTranslate2 int8)",
+        "Merge the LoRA adapter into its base and write RUN/export/merged (safetensors: transformers, vLLM, TGI); "
+        "for ctranslate2-int8 also the fine-tuned and base models in CTranslate2 int8, which bench, eval "
+        "--exported and app then use. Writes RUN/export/export.json.",
+        run="a finished training run folder",
+    )
+    p.add_argument(
+        "--to", default=FORMAT, choices=("merged", FORMAT), help="format beside the merged folder (default: %(default)s)"
+    )
+    p.add_argument("--force", action="store_true", help="export again even if export.json matches the adapter")
+
+    p = stage(
         "app",
         cmd_app,
         "serve the Gradio assistant (Chat, Base vs Fine-Tuned, Model Performance)",
@@ -314,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="also create a public Gradio share link (default: off)")
+    p.add_argument(
+        "--serve",
+        default="auto",
+        choices=("auto", "exported", "transformers"),
+        help="auto: the exported model when `supportbench export` wrote one, else transformers (default: %(default)s)",
+    )
 
     stage(
         "models",

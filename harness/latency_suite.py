@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 
 from supportbench.bench import (
-    batched_tokens_per_s,
     bench_queries,
+    bench_variants,
     cold_materialize_seconds,
+    load_replier,
     prompts_for,
     summarize_replies,
-    timed_reply,
 )
 from supportbench.device import peak_memory, reset_peak_memory
 from supportbench.models import resolve
-from supportbench.run import VARIANTS, RunDir
+from supportbench.run import RunDir
 
 RUN = RunDir(Path(os.environ.get("SUPPORTBENCH_BENCH_RUN", ".")))
 QUICK = os.environ.get("SUPPORTBENCH_BENCH_QUICK") == "1"
@@ -29,13 +29,16 @@ QUERIES = 3 if QUICK else 8
 MAX_NEW_TOKENS = 16 if QUICK else 64
 
 
+VARIANTS = bench_variants(RUN)
+
+
 @pytest.fixture(scope="module", params=VARIANTS)
 def loaded(request):
-    """One variant's model and tokenizer, with peak memory tracked from just before its load."""
+    """One variant's timed replier, with peak memory tracked from just before its load."""
     reset_peak_memory()
-    model, tokenizer = RUN.load_variant(request.param)
-    yield request.param, model, tokenizer
-    del model
+    replier = load_replier(RUN, request.param)
+    yield request.param, replier
+    del replier
 
 
 def test_cold_load(benchmark):
@@ -51,18 +54,18 @@ def test_cold_load(benchmark):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_warm_load(benchmark, variant):
     """Loading from the materialized cache (plus adapter load and merge where the variant needs them)."""
-    benchmark.pedantic(RUN.load_variant, args=(variant,), rounds=2, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(load_replier, args=(RUN, variant), rounds=2, iterations=1, warmup_rounds=0)
     benchmark.extra_info.update({"variant": variant, "measure": "warm_load"})
 
 
 def test_reply_latency(benchmark, loaded):
     """Batch-1 greedy replies to the fixed queries: TTFT, per-token decode latency, p50/p95 end to end."""
-    variant, model, tokenizer = loaded
-    prompts = iter(prompts_for(RUN, tokenizer, bench_queries(RUN, QUERIES)))
+    variant, replier = loaded
+    prompts = iter(prompts_for(RUN, replier.tokenizer, bench_queries(RUN, QUERIES)))
     timings = []
 
     def one_reply():
-        timings.append(timed_reply(model, tokenizer, next(prompts), MAX_NEW_TOKENS))
+        timings.append(replier.timed_reply(next(prompts), MAX_NEW_TOKENS))
 
     benchmark.pedantic(one_reply, rounds=QUERIES, iterations=1)
     benchmark.extra_info.update(
@@ -71,10 +74,8 @@ def test_reply_latency(benchmark, loaded):
 
 
 def test_batched_throughput(benchmark, loaded):
-    """New tokens per second with all queries in one left-padded batch; peak memory of the variant."""
-    variant, model, tokenizer = loaded
-    prompts = prompts_for(RUN, tokenizer, bench_queries(RUN, QUERIES))
-    rate = benchmark.pedantic(batched_tokens_per_s, args=(model, tokenizer, prompts, MAX_NEW_TOKENS), rounds=1, iterations=1)
-    benchmark.extra_info.update(
-        {"variant": variant, "measure": "batched", "batch": len(prompts), "tokens_per_s_batched": rate, **peak_memory()}
-    )
+    """New tokens per second with all queries in one batch; peak memory of the variant."""
+    variant, replier = loaded
+    prompts = prompts_for(RUN, replier.tokenizer, bench_queries(RUN, QUERIES))
+    figures = benchmark.pedantic(replier.batched, args=(prompts, MAX_NEW_TOKENS), rounds=1, iterations=1)
+    benchmark.extra_info.update({"variant": variant, "measure": "batched", "batch": len(prompts), **figures, **peak_memory()})

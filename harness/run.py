@@ -92,6 +92,14 @@ class RunDir:
     bench_summary = property(lambda self: self.path / "bench" / "summary.json", doc="One row per variant.")
     eval_speed = property(lambda self: self.path / "bench" / "eval_speed.json", doc="Batched eval vs one at a time.")
     train_throughput = property(lambda self: self.path / "bench" / "train_throughput.json", doc="Training tokens/s arms.")
+    export_dir = property(lambda self: self.path / "export", doc="Deployable models written by `supportbench export`.")
+    export_manifest = property(lambda self: self.path / "export" / "export.json", doc="What export wrote, and how.")
+    merged = property(lambda self: self.path / "export" / "merged", doc="Adapter merged into the base: safetensors.")
+    exported_eval = property(lambda self: EvalDir(self.path / "eval" / "exported"), doc="The exported model's scores.")
+
+    def exported(self, fmt: str, model: str = "finetuned") -> Path:
+        """The folder of one exported runtime format, of the fine-tuned model or of its base."""
+        return self.path / "export" / f"{model}-{fmt}"
 
     def evaluation(self, ood: bool) -> EvalDir:
         """The eval folder of the held-out split, or of the out-of-domain TWCS pairs."""

@@ -12,13 +12,23 @@ from typing import Any
 from supportbench.config import EvalConfig
 from supportbench.data import instruction_hash, load_twcs_pairs
 from supportbench.device import pick_device
-from supportbench.io import SupportBenchError, atomic_write_bytes, ensure_writable_dir, sha256_file, write_json, write_jsonl
+from supportbench.export import exported_format
+from supportbench.io import (
+    SupportBenchError,
+    atomic_write_bytes,
+    ensure_writable_dir,
+    read_json,
+    read_jsonl,
+    sha256_file,
+    write_json,
+    write_jsonl,
+)
 from supportbench.metrics import GEN_TASK, METRICS, PPL_TASK, ROUGE_TYPES, corpus_bleu
 from supportbench.models import model_path, resolve
 from supportbench.plots import forest_png
 from supportbench.run import RunDir
 from supportbench.score_cache import base_score_key, load_scores, store_scores
-from supportbench.stats import eval_statistics
+from supportbench.stats import eval_statistics, paired_difference
 from supportbench.tasks import include_path
 from supportbench.templates import cut_at_stops
 
@@ -58,7 +68,6 @@ def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], 
     """Run generation (limited) and perplexity (whole split unless ppl_limit) for one model through lm-eval."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     device = pick_device()
     started = time.perf_counter()
@@ -66,19 +75,7 @@ def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], 
         pretrained=model_path, peft=adapter, device=device.device, dtype=device.dtype_name, batch_size=config.gen_batch_size
     )
     load_s = time.perf_counter() - started
-    manager = TaskManager(
-        include_path=str(include_path()), include_defaults=False, metadata={**metadata, "tokenizer": model_path}
-    )
-    common = {
-        "model": lm,
-        "task_manager": manager,
-        "log_samples": True,
-        "bootstrap_iters": 0,
-        "random_seed": config.seed,
-        "numpy_random_seed": config.seed,
-        "torch_random_seed": config.seed,
-        "gen_kwargs": {"max_gen_toks": config.max_new_tokens},
-    }
+    common = _evaluate_kwargs(lm, model_path, metadata, config)
     t0 = time.perf_counter()
     gen = simple_evaluate(tasks=[GEN_TASK], limit=config.limit, **common)
     t1 = time.perf_counter()
@@ -103,6 +100,25 @@ def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], 
         "samples": [_example(s) for s in gen["samples"][GEN_TASK]],
         "perplexity_items": {s["doc"]["id"]: list(s["perplexity"]) for s in ppl["samples"][PPL_TASK]},
         "lm_eval_config": gen["config"],
+    }
+
+
+def _evaluate_kwargs(lm: Any, tokenizer_path: str, metadata: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
+    """simple_evaluate's arguments shared by every model scored: our tasks, seeds, samples kept, the token cap."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(
+        include_path=str(include_path()), include_defaults=False, metadata={**metadata, "tokenizer": tokenizer_path}
+    )
+    return {
+        "model": lm,
+        "task_manager": manager,
+        "log_samples": True,
+        "bootstrap_iters": 0,
+        "random_seed": config.seed,
+        "numpy_random_seed": config.seed,
+        "torch_random_seed": config.seed,
+        "gen_kwargs": {"max_gen_toks": config.max_new_tokens},
     }
 
 
@@ -239,6 +255,55 @@ def score_other_base(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) 
         "lm_eval": {"version": importlib.metadata.version("lm_eval"), "config": result["lm_eval_config"]},
     }
     write_json(run.base_model_scores(name), summary)
+    return summary
+
+
+def score_exported(run_dir: Path) -> dict[str, Any]:
+    """Score the exported fine-tuned model with the settings of the run's fp32 eval, paired with it example by example."""
+    from lm_eval import simple_evaluate
+
+    from supportbench import runtime
+
+    run = RunDir(Path(run_dir))
+    if not run.eval.metrics.is_file():
+        raise SupportBenchError(
+            f"{run.path} has no eval to pair the exported model with; run `supportbench eval --run {run.path}` first"
+        )
+    fp32 = read_json(run.eval.metrics)
+    if fp32["config"]["twcs"]:
+        raise SupportBenchError(f"{run.eval.metrics} scores TWCS; the exported model pairs with the held-out split's eval")
+    config = EvalConfig(**fp32["config"])
+    checked = _check_before_work(run, config)
+    if exported_format(run.path) is None:
+        raise SupportBenchError(f"{run.path} has no exported model; run `supportbench export --run {run.path}` first")
+    folder = run.exported(runtime.FORMAT)
+    started = time.perf_counter()
+    lm = runtime.exported_lm(folder, config.gen_batch_size)
+    load_s = time.perf_counter() - started
+    gen = simple_evaluate(tasks=[GEN_TASK], limit=config.limit, **_evaluate_kwargs(lm, str(folder), checked["metadata"], config))
+    seconds = time.perf_counter() - started - load_s
+    samples = [_example(s) for s in gen["samples"][GEN_TASK]]
+    reference = {s["id"]: s for s in read_jsonl(run.eval.samples)}
+    if set(reference) != {s["id"] for s in samples}:
+        raise SupportBenchError(f"the exported eval scored other examples than {run.eval.samples}; refusing to pair them")
+    fp32_rouge = [reference[s["id"]]["finetuned_rougeL"] for s in samples]
+    capped = sum(len(runtime.prompt_tokens(lm.tokenizer, _raw(s))) >= config.max_new_tokens - 1 for s in gen["samples"][GEN_TASK])
+    summary = {
+        "format": runtime.FORMAT,
+        "path": str(folder),
+        "n": len(samples),
+        "metrics": {
+            "exported": {m: _metric(gen["results"][GEN_TASK], m) for m, spec in METRICS.items() if spec.task == GEN_TASK},
+            "fp32": {m: v for m, v in fp32["metrics"]["finetuned"].items() if METRICS[m].task == GEN_TASK},
+        },
+        "rougeL_difference": paired_difference(fp32_rouge, [s["rougeL"] for s in samples], config.seed),
+        "identical_replies": sum(reference[s["id"]]["finetuned"] == s["reply"] for s in samples),
+        "replies_at_token_cap": capped,
+        "config": asdict(config),
+        "timing_s": {"load": round(load_s, 2), "generation": round(seconds, 1)},
+    }
+    write_jsonl(run.exported_eval.samples, samples)
+    write_json(run.exported_eval.metrics, summary)
     return summary
 
 
