@@ -9,6 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
 from supportbench.assistant import Assistant, Chunk
 from supportbench.io import SupportBenchError
 from supportbench.templates import Turn
@@ -114,12 +118,8 @@ def stream_events(assistant: Assistant, request: ChatRequest) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
-def openai_routes(assistant: Assistant) -> Any:
+def openai_routes(assistant: Assistant) -> APIRouter:
     """A FastAPI router with the OpenAI-compatible routes; errors use OpenAI's error object and status 400."""
-    from fastapi import APIRouter, Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import JSONResponse, StreamingResponse
-
     router = APIRouter(prefix="/v1")
 
     def error(message: str) -> JSONResponse:

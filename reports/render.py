@@ -51,6 +51,9 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
         "forest_file": str(run.eval.forest.relative_to(run.path)),
         "ood": _optional_json(run.ood.metrics),
         "bench": _optional_json(run.bench_summary),
+        "exported": _optional_json(run.exported_eval.metrics),
+        "quality_latency_png": _optional_png(run.quality_latency),
+        "quality_latency_file": str(run.quality_latency.relative_to(run.path)),
         "throughput": _optional_json(run.train_throughput),
         "loss_curve_png": _optional_png(run.loss_curve),
         "loss_curve_file": run.loss_curve.name,
@@ -113,8 +116,33 @@ def render(template: str, kind: str, **context: Any) -> str:
     return env.get_template(template).render(kind=kind, **context)
 
 
+def variant_quality(run: dict[str, Any]) -> dict[str, float]:
+    """Held-out ROUGE-L of each bench variant that was scored: base, the fp32 fine-tuned weights, the exported model."""
+    if not run["eval"]:
+        return {}
+    tuned = run["eval"]["metrics"]["finetuned"]["rougeL"]  # base+LoRA and merged are the same weights
+    scores = {"base": run["eval"]["metrics"]["base"]["rougeL"], "lora": tuned, "merged": tuned}
+    if run["exported"]:
+        scores["exported"] = run["exported"]["metrics"]["exported"]["rougeL"]
+    return scores
+
+
+def write_quality_latency(run_dir: Path, run: dict[str, Any]) -> None:
+    """Write bench/quality_latency.png (one point per variant, sized by peak memory) when bench and eval exist."""
+    from supportbench.plots import quality_latency_png
+
+    quality = variant_quality(run)
+    variants = (run["bench"] or {}).get("variants", {})
+    points = [(name, row["e2e_p50_s"], quality[name], row["peak_rss_mib"] / 10) for name, row in variants.items()]
+    points = [point for point in points if point[0] in quality]
+    if points:
+        png = quality_latency_png(points, "reply latency p50 (s)", "ROUGE-L (held-out)")
+        atomic_write_bytes(RunDir(run_dir).quality_latency, png)
+
+
 def write_run_report(run_dir: Path) -> list[Path]:
     """Render report.html and report.md into the run folder (atomically) and return their paths."""
+    write_quality_latency(run_dir, collect_run(run_dir))
     run = collect_run(run_dir)
     if run["train"] is None and run["eval"] is None:
         raise SupportBenchError(f"{run_dir} has neither a training manifest nor an eval: nothing to report")

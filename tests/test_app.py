@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import trained_copy
 
 from supportbench.app import chat, compare, history_turns, performance_markdown
 from supportbench.assistant import MAX_QUERY_CHARS, Assistant
+from supportbench.export import export_run
 from supportbench.io import SupportBenchError
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -53,13 +59,14 @@ def test_turn_markers_are_neutralised_and_unicode_works(assistant):
 
 
 def test_base_and_finetuned_share_one_set_of_weights(assistant):
+    model = assistant.backend.model
     inputs = assistant.tokenizer("please help me cancel order", return_tensors="pt")
     with torch.no_grad():
-        tuned = assistant.model(**inputs).logits
-        with assistant.model.disable_adapter():
-            base = assistant.model(**inputs).logits
+        tuned = model(**inputs).logits
+        with model.disable_adapter():
+            base = model(**inputs).logits
     assert not torch.allclose(tuned, base)
-    base_layers = [m for m in assistant.model.modules() if type(m).__name__ == "LlamaForCausalLM"]
+    base_layers = [m for m in model.modules() if type(m).__name__ == "LlamaForCausalLM"]
     assert len(base_layers) == 1
     base_text, base_latency, tuned_text, tuned_latency = compare(assistant, "please help me cancel order", 8)
     assert "total" in base_latency and "total" in tuned_latency
@@ -84,11 +91,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_run):
-    """`supportbench app` running on a free localhost port."""
+def served(tiny_run, tmp_path_factory):
+    """`supportbench app` on a free localhost port, serving a copy of the tiny run exported to CTranslate2 int8."""
+    run = trained_copy(tiny_run, tmp_path_factory.mktemp("served") / "run")
+    export_run(run)
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "supportbench.cli", "app", "--run", str(tiny_run), "--port", str(port)],
+        [sys.executable, "-m", "supportbench.cli", "app", "--run", str(run), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -116,6 +125,46 @@ def test_eight_concurrent_requests_all_complete(served):
     assert len(results) == 8 and all("total" in r[3] for r in results)
 
 
+def _post(url: str, body: dict, timeout: float = 120) -> tuple[int, bytes, float]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read(), time.perf_counter() - started
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), time.perf_counter() - started
+
+
+def test_openai_endpoint_over_http(served):
+    url = served + "v1/chat/completions"
+    body = {"model": "supportbench", "messages": [{"role": "user", "content": "please help me cancel order"}], "max_tokens": 8}
+    status, payload, _ = _post(url, body)
+    answer = json.loads(payload)
+    assert status == 200 and answer["object"] == "chat.completion" and answer["usage"]["completion_tokens"] <= 8
+    status, payload, _ = _post(url, {**body, "stream": True})
+    events = [line.removeprefix("data: ") for line in payload.decode().splitlines() if line.startswith("data: ")]
+    assert status == 200 and events[-1] == "[DONE]" and json.loads(events[-2])["choices"][0]["finish_reason"]
+    status, payload, _ = _post(url, {"messages": []})
+    assert status == 400 and "non-empty" in json.loads(payload)["error"]["message"]
+
+
+def test_load_of_8_then_16_concurrent_chat_completions(served):
+    """Bounded load on localhost: every request completes; latencies and throughput are recorded."""
+    url, figures = served + "v1/chat/completions", {}
+    body = {"messages": [{"role": "user", "content": "where is my refund"}], "max_tokens": 16}
+    for users in (8, 16):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(users) as pool:
+            results = list(pool.map(lambda i: _post(url, body, timeout=240), range(users)))
+        wall = time.perf_counter() - started
+        assert [status for status, _, _ in results] == [200] * users
+        tokens = sum(json.loads(payload)["usage"]["completion_tokens"] for _, payload, _ in results)
+        latencies = sorted(seconds for _, _, seconds in results)
+        figures[users] = {"wall_s": wall, "tokens_per_s": tokens / wall, "p50_s": latencies[users // 2], "max_s": latencies[-1]}
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / "load_test.json").write_text(json.dumps(figures, indent=1))
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_browser_session_through_all_three_tabs(served):
     from playwright.sync_api import expect, sync_playwright
@@ -127,6 +176,7 @@ def test_browser_session_through_all_three_tabs(served):
         )
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(served)
+        expect(page.get_by_text("ctranslate2-int8")).to_be_visible(timeout=60_000)  # the exported model serves
         page.locator("#chat-input textarea").fill("please help me cancel order")
         page.locator("#chat-send").click()
         bot = page.locator("#chatbot .bot, #chatbot [data-testid='bot']").last

@@ -91,7 +91,8 @@ def test_prepare_never_deletes_other_files_or_a_run(tiny_run, tmp_path):
 def test_a_closed_stream_stops_its_generation(tiny_run, monkeypatch):
     assistant = Assistant(tiny_run)
     produced = []
-    real_generate = assistant.model.generate
+    model = assistant.backend.model
+    real_generate = model.generate
 
     def run_to_the_cap(**kwargs):  # no stop string and no end of sequence: only the cap or a cancel can end it
         kwargs["stopping_criteria"] = [c for c in kwargs["stopping_criteria"] if not isinstance(c, StopStringCriteria)]
@@ -99,7 +100,7 @@ def test_a_closed_stream_stops_its_generation(tiny_run, monkeypatch):
         produced.append(output.shape[1] - kwargs["input_ids"].shape[1])
         return output
 
-    monkeypatch.setattr(assistant.model, "generate", run_to_the_cap)
+    monkeypatch.setattr(model, "generate", run_to_the_cap)
     cap = 400  # the tiny model's context is 512 tokens
     stream = assistant.stream([], "please help me cancel order", finetuned=True, max_new_tokens=cap)
     next(stream)
@@ -108,8 +109,8 @@ def test_a_closed_stream_stops_its_generation(tiny_run, monkeypatch):
     while not produced and time.monotonic() < deadline:
         time.sleep(0.05)
     assert produced and produced[0] < cap
-    assert assistant.lock.acquire(timeout=30)
-    assistant.lock.release()
+    assert assistant.backend.lock.acquire(timeout=30)
+    assistant.backend.lock.release()
     while any(t.name == GENERATION_THREAD for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(t.name == GENERATION_THREAD for t in threading.enumerate())

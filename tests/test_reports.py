@@ -13,12 +13,13 @@ from conftest import fixture_rows, tiny_config, trained_copy, write_csv
 from supportbench.bench import run_suite
 from supportbench.config import DataConfig, EvalConfig, RankConfig
 from supportbench.data import prepare
+from supportbench.export import export_run
 from supportbench.io import read_json
 from supportbench.metrics import METRICS
 from supportbench.rank import rank
 from supportbench.reports.render import fmt, write_comparison, write_leaderboard, write_run_report
 from supportbench.run import VARIANTS, BoardDir
-from supportbench.scoring import evaluate_run
+from supportbench.scoring import evaluate_run, score_exported
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -29,6 +30,8 @@ def full_run(tiny_run, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("full") / "run"
     shutil.copytree(tiny_run, run)
     evaluate_run(run, EvalConfig(limit=4, gen_batch_size=4, max_new_tokens=8))
+    export_run(run)
+    score_exported(run)
     run_suite(run, quick=True)
     write_run_report(run)
     return run
@@ -55,7 +58,7 @@ def _table(markdown: str, heading: str) -> dict[str, list[str]]:
 
 def test_bench_writes_well_formed_json(full_run):
     summary = read_json(full_run / "bench" / "summary.json")
-    assert set(summary["variants"]) == set(VARIANTS)
+    assert set(summary["variants"]) == {*VARIANTS, "exported"}
     for row in summary["variants"].values():
         for key in (
             "warm_load_s",
@@ -66,12 +69,17 @@ def test_bench_writes_well_formed_json(full_run):
             "tokens_per_s_batch1",
             "tokens_per_s_batched",
             "peak_rss_mib",
+            "cpu_s_per_1k_replies",
+            "cpu_s_per_1k_replies_batched",
+            "size_on_disk_mib",
         ):
             assert isinstance(row[key], float) and row[key] >= 0, key
         assert row["e2e_p95_s"] >= row["e2e_p50_s"]
+    variants = summary["variants"]
+    assert variants["exported"]["size_on_disk_mib"] < variants["merged"]["size_on_disk_mib"]  # int8 against fp32
     assert summary["machine"]["cores"] >= 1 and summary["machine"]["torch_threads"] >= 1
     raw = read_json(full_run / "bench" / "pytest_benchmark.json")
-    assert len(raw["benchmarks"]) == 3 * len(VARIANTS)  # warm load, reply, batched per variant
+    assert len(raw["benchmarks"]) == 3 * len(variants)  # warm load, reply, batched per variant
 
 
 def test_report_numbers_equal_the_json(full_run):
@@ -86,6 +94,18 @@ def test_report_numbers_equal_the_json(full_run):
         assert latency[variant][1] == fmt(row["warm_load_s"], 2)
         assert latency[variant][2] == fmt(row["ttft_p50_s"], 3)
         assert latency[variant][8] == fmt(row["peak_rss_mib"], 1)
+        assert latency[variant][9] == fmt(row["size_on_disk_mib"], 0)
+    cost = _table(markdown, "Cost of 1,000 replies")
+    for variant, row in bench.items():
+        assert cost[variant][:2] == [fmt(row["cpu_s_per_1k_replies"], 0), fmt(row["cpu_s_per_1k_replies_batched"], 0)]
+    exported = read_json(full_run / "eval" / "exported" / "metrics.json")
+    deployment = _table(markdown, "Deployment: the exported model")
+    for key in ("rougeL", "bleu"):
+        sides = exported["metrics"]
+        assert deployment[METRICS[key].label] == [fmt(sides["fp32"][key]), fmt(sides["exported"][key])]
+    assert exported["metrics"]["fp32"]["rougeL"] == metrics["metrics"]["finetuned"]["rougeL"]
+    assert (full_run / "bench" / "quality_latency.png").is_file()
+    assert 'id="quality-latency"' in (full_run / "report.html").read_text()
     trained = read_json(full_run / "train.json")
     training = _table(markdown, "Training")
     assert training["final train loss"] == [fmt(trained["final_train_loss"])]
