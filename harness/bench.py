@@ -253,3 +253,57 @@ def eval_speedup(run_dir: Path, examples: int) -> dict[str, Any]:
     }
     write_json(run.eval_speed, result)
     return result
+
+
+SERVING_ARMS = (("transformers", 1), ("exported", 1), ("exported", 8))  # (backend, max batch)
+
+
+def serving_load(run_dir: Path, users: tuple[int, ...] = (1, 8, 16), max_new_tokens: int = 64) -> dict[str, Any]:
+    """The app's assistant under concurrent users, per serving arm, in one process: aggregate tokens/s, reply p50/p95."""
+    import threading
+
+    from supportbench.assistant import Assistant
+
+    run = RunDir(Path(run_dir))
+    queries = bench_queries(run, max(users))
+    arms = []
+    for backend, max_batch in SERVING_ARMS:
+        assistant = Assistant(run.path, serve=backend, max_batch=max_batch)
+        assistant.reply([], queries[0], finetuned=True, max_new_tokens=8)  # warm-up
+        for count in users:
+            results: list[tuple[float, int]] = []
+            start = threading.Barrier(count)
+
+            def user(query: str, assistant: Assistant = assistant, start: threading.Barrier = start, results=results) -> None:
+                start.wait()
+                began = time.perf_counter()
+                *_, last = assistant.generate([], query, finetuned=True, max_new_tokens=max_new_tokens)
+                results.append((time.perf_counter() - began, last.completion_tokens))
+
+            threads = [threading.Thread(target=user, args=(q,)) for q in queries[:count]]
+            began = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            wall = time.perf_counter() - began
+            latencies = [seconds for seconds, _ in results]
+            arms.append(
+                {
+                    "backend": backend,
+                    "max_batch": max_batch,
+                    "users": count,
+                    "tokens": sum(tokens for _, tokens in results),
+                    "wall_s": round(wall, 2),
+                    "tokens_per_s": round(sum(tokens for _, tokens in results) / wall, 1),
+                    "reply_p50_s": round(statistics.median(latencies), 2),
+                    "reply_p95_s": round(percentile(latencies, 95), 2),
+                }
+            )
+        del assistant
+    one_at_a_time = {a["users"]: a["tokens_per_s"] for a in arms if a["backend"] == "transformers"}
+    for arm in arms:
+        arm["throughput_vs_transformers"] = round(arm["tokens_per_s"] / one_at_a_time[arm["users"]], 2)
+    result = {"max_new_tokens": max_new_tokens, "arms": arms, "machine": machine_info()}
+    write_json(run.serving_load, result)
+    return result

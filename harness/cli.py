@@ -160,6 +160,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"ours / notebook: {result['ratio_tokens_per_s']}x tokens/s, {result['ratio_examples_per_s']}x examples/s")
         print(f"written to {run.train_throughput}")
         return
+    if args.serving:
+        from supportbench.bench import serving_load
+
+        result = serving_load(run.path)
+        print(f"{'backend':<14}{'batch':>6}{'users':>6}{'tokens/s':>10}{'p50 s':>8}{'p95 s':>8}{'vs transformers':>17}")
+        for arm in result["arms"]:
+            print(
+                f"{arm['backend']:<14}{arm['max_batch']:>6}{arm['users']:>6}{arm['tokens_per_s']:>10.1f}"
+                f"{arm['reply_p50_s']:>8.2f}{arm['reply_p95_s']:>8.2f}{arm['throughput_vs_transformers']:>16.2f}x"
+            )
+        print(f"written to {run.serving_load}")
+        return
     from supportbench.bench import run_suite
 
     summary = run_suite(run.path, quick=args.quick)
@@ -308,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead: training tokens/s of the notebook's recipe against ours, one change at a time "
         "(writes bench/train_throughput.json)",
+    )
+    p.add_argument(
+        "--serving",
+        action="store_true",
+        help="instead: 1, 8 and 16 concurrent users of the app's assistant, served by transformers one at a time and by "
+        "the exported model one at a time and batched (writes bench/serving.json; needs `supportbench export`)",
     )
     p.add_argument(
         "--preset", default=DEFAULT_PRESET, choices=preset_names(), help="preset for --train-throughput (default: %(default)s)"

@@ -92,6 +92,7 @@ class RunDir:
     bench_summary = property(lambda self: self.path / "bench" / "summary.json", doc="One row per variant.")
     eval_speed = property(lambda self: self.path / "bench" / "eval_speed.json", doc="Batched eval vs one at a time.")
     train_throughput = property(lambda self: self.path / "bench" / "train_throughput.json", doc="Training tokens/s arms.")
+    serving_load = property(lambda self: self.path / "bench" / "serving.json", doc="Concurrent users per serving arm.")
     quality_latency = property(lambda self: self.path / "bench" / "quality_latency.png", doc="ROUGE-L against reply p50.")
     export_dir = property(lambda self: self.path / "export", doc="Deployable models written by `supportbench export`.")
     export_manifest = property(lambda self: self.path / "export" / "export.json", doc="What export wrote, and how.")

@@ -52,6 +52,7 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
         "ood": _optional_json(run.ood.metrics),
         "bench": _optional_json(run.bench_summary),
         "exported": _optional_json(run.exported_eval.metrics),
+        "serving": _optional_json(run.serving_load),
         "quality_latency_png": _optional_png(run.quality_latency),
         "quality_latency_file": str(run.quality_latency.relative_to(run.path)),
         "throughput": _optional_json(run.train_throughput),

@@ -195,3 +195,15 @@ def test_export_reuses_a_matching_export(exported_run):
     export_run(exported_run.path)
     assert exported_run.export_manifest.stat().st_mtime_ns == before
     assert Path(read_json(exported_run.export_manifest)["formats"]["merged"]["path"]) == exported_run.merged
+
+
+def test_serving_load_measures_every_arm_for_each_user_count(exported_run):
+    from supportbench.bench import SERVING_ARMS, serving_load
+
+    result = serving_load(exported_run.path, users=(1, 3), max_new_tokens=6)
+    arms = result["arms"]
+    assert [(a["backend"], a["max_batch"]) for a in arms[::2]] == list(SERVING_ARMS)
+    assert [a["users"] for a in arms] == [1, 3] * len(SERVING_ARMS)
+    assert all(0 < a["tokens"] <= 6 * a["users"] and a["reply_p95_s"] >= a["reply_p50_s"] for a in arms)
+    assert [a["throughput_vs_transformers"] for a in arms[:2]] == [1.0, 1.0]
+    assert read_json(exported_run.serving_load) == result
