@@ -16,7 +16,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCrite
 from supportbench import runtime
 from supportbench.export import exported_format
 from supportbench.io import SupportBenchError, read_json
-from supportbench.models import load_model, model_path
+from supportbench.models import load_model
 from supportbench.run import RunDir
 from supportbench.templates import Turn, get_template
 
@@ -120,14 +120,10 @@ class TorchBackend:
 class ExportedBackend:
     """The run's CTranslate2 int8 export, fine-tuned and base; requests that arrive together are decoded as one batch."""
 
-    def __init__(self, run: RunDir, model_name: str, max_batch: int):
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path(model_name))
-        self.batchers = {
-            finetuned: runtime.DynamicBatcher(runtime.load_generator(run.exported(runtime.FORMAT, which)), max_batch)
-            for finetuned, which in ((True, "finetuned"), (False, "base"))
-        }
+    def __init__(self, run: RunDir, max_batch: int):
+        tuned, self.tokenizer = runtime.load_exported(run.exported(runtime.FORMAT))
+        base = runtime.load_generator(run.exported(runtime.FORMAT, "base"))
+        self.batchers = {True: runtime.DynamicBatcher(tuned, max_batch), False: runtime.DynamicBatcher(base, max_batch)}
         self.context_limit = read_json(run.merged / "config.json").get("max_position_embeddings")
         self.description = f"{runtime.FORMAT} (CTranslate2), concurrent requests batched up to {max_batch}"
 
@@ -158,7 +154,7 @@ class Assistant:
         exported = exported_format(run.path) if serve != "transformers" else None
         if serve == "exported" and exported is None:
             raise SupportBenchError(f"{run.path} has no exported model; run `supportbench export --run {run.path}` first")
-        self.backend = ExportedBackend(run, self.model_name, max_batch) if exported else TorchBackend(run, self.model_name)
+        self.backend = ExportedBackend(run, max_batch) if exported else TorchBackend(run, self.model_name)
         self.tokenizer = self.backend.tokenizer
         self.template = get_template(trained["template"])
         self.stops = self.template.stop_sequences(self.tokenizer)

@@ -92,9 +92,7 @@ class ExportedReplier:
     """Greedy replies from the exported CTranslate2 model, timed the same way."""
 
     def __init__(self, folder: Path):
-        from transformers import AutoTokenizer
-
-        self.generator, self.tokenizer = runtime.load_generator(folder), AutoTokenizer.from_pretrained(folder)
+        self.generator, self.tokenizer = runtime.load_exported(folder)
 
     def timed_reply(self, prompt: str, max_new_tokens: int) -> dict[str, float]:
         """Generate one reply; return time to first token, per-token decode latency, end-to-end and CPU time."""

@@ -69,6 +69,13 @@ def load_generator(folder: Path, threads: int | None = None) -> Any:
         raise SupportBenchError(f"exported model {folder} cannot be loaded ({err}); run `supportbench export --force`") from err
 
 
+def load_exported(folder: Path) -> tuple[Any, Any]:
+    """(generator, tokenizer) of an exported folder, which carries its own tokenizer files."""
+    from transformers import AutoTokenizer
+
+    return load_generator(folder), AutoTokenizer.from_pretrained(folder)
+
+
 def prompt_tokens(tokenizer: Any, text: str) -> list[str]:
     """A prompt as the token strings CTranslate2 takes, tokenized exactly as transformers does it."""
     return tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -162,13 +169,11 @@ class DynamicBatcher:
 def exported_lm(folder: Path, batch_size: int) -> Any:
     """An lm-eval model over an exported folder: greedy generate_until only (perplexity stays on the fp32 model)."""
     from lm_eval.api.model import LM
-    from transformers import AutoTokenizer
 
     class ExportedLM(LM):
         def __init__(self) -> None:
             super().__init__()
-            self.generator = load_generator(folder)
-            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            self.generator, self.tokenizer = load_exported(folder)
 
         def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
             replies = []

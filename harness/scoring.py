@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +87,7 @@ def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], 
     gen_results = gen["results"][GEN_TASK]
     budget = lm.max_length - config.max_new_tokens
     truncated = sum(s["doc"]["prompt_tokens"] > budget for s in gen["samples"][GEN_TASK])
-    capped = sum(len(lm.tok_encode(_raw(s))) >= config.max_new_tokens - 1 for s in gen["samples"][GEN_TASK])
+    capped = replies_at_cap(gen["samples"][GEN_TASK], lm.tok_encode, config.max_new_tokens)
     results = {GEN_TASK: gen_results, PPL_TASK: ppl["results"][PPL_TASK]}
     return {
         "metrics": {name: _metric(results[metric.task], name) for name, metric in METRICS.items()},
@@ -120,6 +122,11 @@ def _evaluate_kwargs(lm: Any, tokenizer_path: str, metadata: dict[str, Any], con
         "torch_random_seed": config.seed,
         "gen_kwargs": {"max_gen_toks": config.max_new_tokens},
     }
+
+
+def replies_at_cap(samples: list[dict[str, Any]], tokenize: Callable[[str], list[Any]], cap: int) -> int:
+    """Generated replies that used the whole token budget (within one token: a final end-of-turn may be dropped)."""
+    return sum(len(tokenize(_raw(s))) >= cap - 1 for s in samples)
 
 
 def _raw(sample: dict[str, Any]) -> str:
@@ -287,7 +294,7 @@ def score_exported(run_dir: Path) -> dict[str, Any]:
     if set(reference) != {s["id"] for s in samples}:
         raise SupportBenchError(f"the exported eval scored other examples than {run.eval.samples}; refusing to pair them")
     fp32_rouge = [reference[s["id"]]["finetuned_rougeL"] for s in samples]
-    capped = sum(len(runtime.prompt_tokens(lm.tokenizer, _raw(s))) >= config.max_new_tokens - 1 for s in gen["samples"][GEN_TASK])
+    capped = replies_at_cap(gen["samples"][GEN_TASK], partial(runtime.prompt_tokens, lm.tokenizer), config.max_new_tokens)
     summary = {
         "format": runtime.FORMAT,
         "path": str(folder),
