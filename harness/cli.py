@@ -45,6 +45,24 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, overrides: bo
         )
 
 
+def add_launch_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--num-processes and --accelerate-config, which rerun the command under `accelerate launch`."""
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"run as N processes under `accelerate launch` (one per GPU; CPU processes over gloo without GPUs): {what} "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--accelerate-config",
+        metavar="NAME|FILE",
+        help="accelerate config for --num-processes: ddp, fsdp, zero2 (bundled) or a file (default: accelerate's "
+        "multi-process launcher with no config)",
+    )
+
+
 def config_values(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     """The parsed values of cls's options."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if "help" in f.metadata}
@@ -82,11 +100,13 @@ def cmd_tasks_path(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     """Fine-tune a LoRA adapter into a run folder."""
     from supportbench.config import load_train_config
+    from supportbench.device import is_main_process
     from supportbench.trainers.lora import summary_lines, train
 
     config = load_train_config(args.preset, args.config, **config_values(TrainConfig, args))
     manifest = train(config, Path(args.out), resume=args.resume, data=args.data, reuse=args.reuse)
-    print("\n".join(summary_lines(manifest, Path(args.out))))
+    if is_main_process():
+        print("\n".join(summary_lines(manifest, Path(args.out))))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -111,6 +131,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     config = EvalConfig(**{**values, "limit": None if args.full else values["limit"]})
     config.validate()
     summary = evaluate_run(Path(args.run), config)
+    if summary is None:  # a launched process other than the main one, which writes and prints the results
+        return
     print("\n".join(table_lines(summary)))
     if "finetuned" in summary["metrics"]:
         print("\n".join(evidence_lines(read_json(RunDir(Path(args.run)).evaluation(ood=bool(config.twcs)).stats))[:2]))
@@ -199,18 +221,25 @@ def cmd_report(args: argparse.Namespace) -> None:
     print("\n".join(f"wrote {p}" for p in paths))
 
 
-def cmd_rank(args: argparse.Namespace) -> None:
+def cmd_rank(args: argparse.Namespace) -> int:
     """Train, evaluate and benchmark several base models and render a leaderboard."""
-    from supportbench.rank import rank
+    from supportbench.rank import collect, rank, rank_job
     from supportbench.reports.render import write_leaderboard
 
     config = RankConfig(**config_values(RankConfig, args))
-    board = rank(config, Path(args.out))
+    if args.only and args.collect:
+        raise SupportBenchError("--only runs one model's job and --collect gathers finished jobs; pass one of them")
+    if args.only:
+        row = rank_job(args.only, Path(args.out), config)
+        print(f"{row['model']}: {row['status']}" + (f" ({row['error']})" if row["status"] != "ok" else ""))
+        return 0 if row["status"] == "ok" else 1
+    board = (collect if args.collect else rank)(config, Path(args.out))
     for path in write_leaderboard(board, Path(args.out)):
         print(f"wrote {path}")
     for row in board["rows"]:
-        shown = f"{row['finetuned'][config.metric]:.4f}" if row["status"] == "ok" else row["error"]
+        shown = f"{row['finetuned'][config.metric]:.4f}" if row["status"] == "ok" else f"{row['status']}: {row['error']}"
         print(f"{row['model']:<28} {shown}")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -266,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--reuse", action="store_true", help="if the run folder holds a finished run of this config, keep it")
     p.add_argument("--data", help="data for a run folder without a prepared split (default: $SUPPORTBENCH_DATA, else the hub)")
+    add_launch_options(p, "data-parallel training; the preset's effective batch is kept by dividing its accumulation")
     add_config_options(p, TrainConfig, overrides=True)
 
     p = stage(
@@ -283,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: score the exported model (`supportbench export`) with the settings of the run's eval, paired "
         "with its fp32 fine-tuned replies; writes eval/exported/",
     )
+    add_launch_options(p, "--backend hf only: the examples are split over the processes, the scores are the same")
     add_config_options(p, EvalConfig)
 
     p = stage(
@@ -350,6 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
         "leaderboard.html and leaderboard.md into --out. A failing model is listed with its error.",
     )
     p.add_argument("--out", required=True, help="leaderboard folder (one run folder per model inside)")
+    p.add_argument(
+        "--only",
+        metavar="MODEL",
+        help="run this one model's job and no leaderboard, so a scheduler (CI matrix, Slurm array) runs the models in "
+        "parallel; exit 1 when the job fails (default: every model, one after another)",
+    )
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: build the leaderboard of --models from their finished `--only` jobs",
+    )
     add_config_options(p, RankConfig)
 
     p = stage(
@@ -400,8 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a subcommand; user errors become a message and exit code 2, a failed gate exit code 1."""
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "num_processes"):
+            from supportbench.launch import check_processes, relaunch
+
+            if check_processes(args.num_processes, args.accelerate_config, getattr(args, "backend", "hf")):
+                return relaunch(argv, args.num_processes, args.accelerate_config)
         return args.func(args) or 0
     except SupportBenchError as err:
         print(f"supportbench {args.command}: error: {err}", file=sys.stderr)

@@ -154,10 +154,19 @@ class EvalConfig:
         None, "score another base model (alias, hub id or folder) alone on the run's split", flag="--model"
     )
     twcs: str | None = option(None, "score the out-of-domain TWCS tweet pairs (CSV) instead; written to eval/ood/")
+    backend: str = option(
+        "hf",
+        "hf: transformers through lm-eval, data-parallel under --num-processes or accelerate launch; "
+        "vllm: lm-eval's vLLM model with the adapter as a LoRA request (GPU, `pip install vllm`)",
+        choices=("hf", "vllm"),
+    )
+    tensor_parallel_size: int = option(1, "vllm: GPUs that hold one model replica")
+    data_parallel_size: int = option(1, "vllm: model replicas that share the examples")
     seed: int = 1234
 
     def validate(self) -> None:
         """Reject sizes that make no sense before any model loads."""
+        vllm = self.backend == "vllm"
         _check(
             self,
             {
@@ -166,8 +175,11 @@ class EvalConfig:
                 "gen_batch_size": self.gen_batch_size > 0,
                 "ppl_batch_size": self.ppl_batch_size > 0,
                 "max_new_tokens": self.max_new_tokens > 0,
+                "backend": self.backend in ("hf", "vllm"),
+                "tensor_parallel_size": self.tensor_parallel_size == 1 or vllm and self.tensor_parallel_size > 1,
+                "data_parallel_size": self.data_parallel_size == 1 or vllm and self.data_parallel_size > 1,
             },
-            "eval config",
+            "eval config (the parallel sizes are vLLM's; the hf backend runs data-parallel under --num-processes)",
         )
 
 

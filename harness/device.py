@@ -30,9 +30,30 @@ class DeviceChoice:
         return str(self.dtype).removeprefix("torch.")
 
 
+def world_size() -> int:
+    """Processes in this job: N under `accelerate launch` or torchrun, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True in the one process that writes results (rank 0, or the only process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def process_state() -> Any:
+    """Accelerate's process state, created once with the device decided here: gloo on CPU, NCCL on GPUs."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=pick_device().device == "cpu")
+
+
 def pick_device(prefer: str | None = None) -> DeviceChoice:
     """fp32 on CPU; bf16 on Ampere or newer GPUs, fp16 on older ones."""
     device = prefer or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" and world_size() > 1:
+        # accelerate's launcher starts CPU processes like GPU ones; this makes each Accelerator (the Trainer's, lm-eval's)
+        # join them over gloo instead of running alone
+        os.environ["ACCELERATE_USE_CPU"] = "true"
     if device.startswith("cuda"):
         major, _ = torch.cuda.get_device_capability()
         bf16 = major >= 8
@@ -66,6 +87,7 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device.device,
+        "world_size": world_size(),
         "dtype": device.dtype_name,
         "attn": device.attn_implementation,
         "python": platform.python_version(),

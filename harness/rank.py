@@ -9,23 +9,35 @@ from typing import Any
 
 from supportbench.bench import run_suite
 from supportbench.config import EvalConfig, RankConfig, load_train_config
-from supportbench.io import read_json, write_json
+from supportbench.io import SupportBenchError, read_json, write_json
 from supportbench.metrics import METRICS
 from supportbench.run import BoardDir
 from supportbench.scoring import evaluate_run
 from supportbench.trainers.lora import train
 
 
+def _wanted_eval(config: RankConfig) -> EvalConfig:
+    return EvalConfig(limit=config.limit, ppl_limit=config.ppl_limit)
+
+
 def rank_one(model: str, board: BoardDir, config: RankConfig) -> dict[str, Any]:
-    """Train, eval and bench one model, reusing whatever an earlier rank already finished."""
+    """Train, eval and bench one model, reusing whatever an earlier rank already finished; its leaderboard row."""
     run = board.run(model)
     train(load_train_config(config.preset, model=model, max_steps=config.max_steps), run.path, data=config.data, reuse=True)
-    wanted = EvalConfig(limit=config.limit, ppl_limit=config.ppl_limit)
+    wanted = _wanted_eval(config)
     if not run.eval.metrics.is_file() or read_json(run.eval.metrics)["config"] != asdict(wanted):
         evaluate_run(run.path, wanted)
     if not run.bench_summary.is_file():
         run_suite(run.path, quick=True)
+    return board_row(model, board, config)
+
+
+def board_row(model: str, board: BoardDir, config: RankConfig) -> dict[str, Any]:
+    """One model's leaderboard row, read from its finished run folder."""
+    run = board.run(model)
     evaluation, bench, trained = read_json(run.eval.metrics), read_json(run.bench_summary), run.trained()
+    if evaluation["config"] != asdict(_wanted_eval(config)):
+        raise SupportBenchError(f"{run.eval.metrics} was scored with other settings than this leaderboard's")
     merged = bench["variants"]["merged"]
     return {
         "model": model,
@@ -45,18 +57,36 @@ def rank_one(model: str, board: BoardDir, config: RankConfig) -> dict[str, Any]:
     }
 
 
-def rank(config: RankConfig, out_dir: Path) -> dict[str, Any]:
-    """Rank every model; a model that fails is listed with its error and does not stop the others."""
+def rank_job(model: str, out_dir: Path, config: RankConfig) -> dict[str, Any]:
+    """One model's job (`rank --only`): its row, or its error, which is kept in the board for `rank --collect`."""
+    config.validate()
+    board = BoardDir(Path(out_dir))
+    print(f"== {model}", flush=True)
+    try:
+        row = rank_one(model, board, config)
+    except Exception as err:  # noqa: BLE001 - one model's failure must not stop the leaderboard
+        traceback.print_exc()
+        row = {"model": model, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+        write_json(board.failure(model), row)
+        return row
+    board.failure(model).unlink(missing_ok=True)  # an earlier failure of this model is superseded
+    return row
+
+
+def collect(config: RankConfig, out_dir: Path) -> dict[str, Any]:
+    """The leaderboard of config.models from their finished run folders (`rank --collect`); a model whose job failed
+    is listed with its error, one with no finished job as missing."""
     config.validate()
     board = BoardDir(Path(out_dir))
     rows = []
     for model in config.models:
-        print(f"== {model}", flush=True)
+        if board.failure(model).is_file():
+            rows.append(read_json(board.failure(model)))
+            continue
         try:
-            rows.append(rank_one(model, board, config))
-        except Exception as err:  # noqa: BLE001 - one model's failure must not stop the leaderboard
-            traceback.print_exc()
-            rows.append({"model": model, "status": "failed", "error": f"{type(err).__name__}: {err}"})
+            rows.append(board_row(model, board, config))
+        except SupportBenchError as err:
+            rows.append({"model": model, "status": "missing", "error": f"no finished job ({err})"})
     ok = sorted(
         (r for r in rows if r["status"] == "ok"),
         key=lambda r: r["finetuned"][config.metric],
@@ -65,3 +95,10 @@ def rank(config: RankConfig, out_dir: Path) -> dict[str, Any]:
     leaderboard = {**asdict(config), "rows": ok + [r for r in rows if r["status"] != "ok"]}
     write_json(board.page("json"), leaderboard)
     return leaderboard
+
+
+def rank(config: RankConfig, out_dir: Path) -> dict[str, Any]:
+    """Rank every model, one job after another; a model that fails is listed with its error and stops no other."""
+    for model in config.models:
+        rank_job(model, out_dir, config)
+    return collect(config, out_dir)

@@ -175,6 +175,10 @@ class BoardDir:
         """The run folder of one model."""
         return RunDir(Path(self.path) / safe_name(model))
 
+    def failure(self, model: str) -> Path:
+        """The error of one model's failed job, kept for `rank --collect` until a later job of that model succeeds."""
+        return Path(self.path) / "failed" / f"{safe_name(model)}.json"
+
     def page(self, kind: str) -> Path:
         """leaderboard.json, .html or .md."""
         return Path(self.path) / f"leaderboard.{kind}"

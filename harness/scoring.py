@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from typing import Any
 
 from supportbench.config import EvalConfig
 from supportbench.data import instruction_hash, load_twcs_pairs
-from supportbench.device import pick_device
+from supportbench.device import pick_device, process_state, world_size
 from supportbench.export import exported_format
 from supportbench.io import (
     SupportBenchError,
@@ -66,41 +67,96 @@ def _metric(task_results: dict[str, Any], name: str) -> float:
     return next(v for k, v in task_results.items() if k.split(",")[0] == name)
 
 
-def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
-    """Run generation (limited) and perplexity (whole split unless ppl_limit) for one model through lm-eval."""
-    from lm_eval import simple_evaluate
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+
+
+def check_backend(config: EvalConfig) -> None:
+    """Fail before any work when the chosen backend cannot run here."""
+    if config.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise SupportBenchError(
+            "--backend vllm needs vLLM, which is not installed: `pip install vllm` on a machine with a GPU "
+            "(or use --backend hf, data-parallel with --num-processes N)"
+        )
+
+
+def vllm_model_args(model_path: str, adapter: str | None, config: EvalConfig) -> dict[str, Any]:
+    """lm-eval's vLLM model arguments: the base, the adapter as a LoRA request with max_lora_rank raised to cover its
+    r (vLLM's default of 16 refuses a larger adapter), the parallel sizes, and the eval's token cap and seed."""
+    args = {
+        "pretrained": model_path,
+        "dtype": pick_device().dtype_name,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "data_parallel_size": config.data_parallel_size,
+        "batch_size": "auto",
+        "max_gen_toks": config.max_new_tokens,
+        "seed": config.seed,
+    }
+    if adapter:
+        rank = read_json(Path(adapter) / "adapter_config.json")["r"]
+        if rank > VLLM_LORA_RANKS[-1]:
+            raise SupportBenchError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; {adapter} has r={rank}")
+        args["lora_local_path"] = adapter
+        args["max_lora_rank"] = next(r for r in VLLM_LORA_RANKS if r >= rank)
+    return args
+
+
+def load_lm(model_path: str, adapter: str | None, config: EvalConfig) -> Any:
+    """The lm-eval model for one scoring: vLLM, or transformers sharded over the launched processes."""
+    if config.backend == "vllm":
+        from lm_eval.api.registry import get_model
+
+        return get_model("vllm")(**vllm_model_args(model_path, adapter, config))
     from lm_eval.models.huggingface import HFLM
 
     device = pick_device()
-    started = time.perf_counter()
     lm = HFLM(
         pretrained=model_path, peft=adapter, device=device.device, dtype=device.dtype_name, batch_size=config.gen_batch_size
     )
+    processes = process_state()
+    if processes.num_processes > 1 and lm.world_size == 1:
+        # lm-eval splits the requests over launched processes only when they hold GPUs; CPU processes split the same way
+        lm._rank, lm._world_size = processes.process_index, processes.num_processes
+    return lm
+
+
+def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], config: EvalConfig) -> dict[str, Any] | None:
+    """Run generation (limited) and perplexity (whole split unless ppl_limit) for one model through lm-eval; None in
+    every launched process but the main one, which gathers the results."""
+    from lm_eval import simple_evaluate
+
+    started = time.perf_counter()
+    lm = load_lm(model_path, adapter, config)
     load_s = time.perf_counter() - started
     common = _evaluate_kwargs(lm, model_path, metadata, config)
     t0 = time.perf_counter()
     gen = simple_evaluate(tasks=[GEN_TASK], limit=config.limit, **common)
     t1 = time.perf_counter()
-    lm.batch_size_per_gpu = config.ppl_batch_size  # HFLM has one batch size; scoring wants a narrower one
+    if config.backend == "hf":
+        lm.batch_size_per_gpu = config.ppl_batch_size  # HFLM has one batch size; scoring wants a narrower one
     ppl = simple_evaluate(tasks=[PPL_TASK], limit=config.ppl_limit, **common)
     t2 = time.perf_counter()
+    if gen is None:
+        return None
     gen_results = gen["results"][GEN_TASK]
+    generated, scored = (
+        sorted(run["samples"][task], key=lambda s: s["doc_id"]) for run, task in ((gen, GEN_TASK), (ppl, PPL_TASK))
+    )
     budget = lm.max_length - config.max_new_tokens
-    truncated = sum(s["doc"]["prompt_tokens"] > budget for s in gen["samples"][GEN_TASK])
-    capped = replies_at_cap(gen["samples"][GEN_TASK], lm.tok_encode, config.max_new_tokens)
+    truncated = sum(s["doc"]["prompt_tokens"] > budget for s in generated)
+    capped = replies_at_cap(generated, lm.tok_encode, config.max_new_tokens)
     results = {GEN_TASK: gen_results, PPL_TASK: ppl["results"][PPL_TASK]}
     return {
         "metrics": {name: _metric(results[metric.task], name) for name, metric in METRICS.items()},
         "n": {
-            "generation": len(gen["samples"][GEN_TASK]),
-            "perplexity": len(ppl["samples"][PPL_TASK]),
+            "generation": len(generated),
+            "perplexity": len(scored),
             "prompts_left_truncated": truncated,
             "context_budget_tokens": budget,
             "replies_at_token_cap": capped,
         },
         "timing_s": {"load": round(load_s, 2), "generation": round(t1 - t0, 1), "perplexity": round(t2 - t1, 1)},
-        "samples": [_example(s) for s in gen["samples"][GEN_TASK]],
-        "perplexity_items": {s["doc"]["id"]: list(s["perplexity"]) for s in ppl["samples"][PPL_TASK]},
+        "samples": [_example(s) for s in generated],  # in the split's order, however many processes scored them
+        "perplexity_items": {s["doc"]["id"]: list(s["perplexity"]) for s in scored},
         "lm_eval_config": gen["config"],
     }
 
@@ -174,6 +230,7 @@ def check_adapter_applied(base: dict[str, Any], tuned: dict[str, Any]) -> None:
 def _check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
     """Every eval precondition, checked before any model loads; returns the lm-eval task metadata."""
     config.validate()
+    check_backend(config)
     trained = run.require_adapter()
     ensure_writable_dir(run.path)
     metadata: dict[str, Any] = {"template": trained["template"], "data_dir": str(run.data.path)}
@@ -186,8 +243,9 @@ def _check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
     return {"metadata": metadata, "leakage": leakage, "trained": trained}
 
 
-def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
-    """Score base and base+adapter on the run's held-out split and write eval/ into the run folder."""
+def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
+    """Score base and base+adapter on the run's held-out split and write eval/ into the run folder; None in every
+    launched process but the main one."""
     run = RunDir(run_dir)
     checked = _check_before_work(run, config)
     metadata, trained = checked["metadata"], checked["trained"]
@@ -200,8 +258,11 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
     base_from_cache = base is not None
     if base is None:
         base = score_model(path, None, metadata, config)
-        store_scores(key, base)
+        if base is not None:
+            store_scores(key, base)
     tuned = score_model(path, str(run.adapter), metadata, config)
+    if base is None or tuned is None:
+        return None
     check_adapter_applied(base, tuned)
     by_id = {s["id"]: s for s in tuned["samples"]}
     side_by_side = [
@@ -221,6 +282,7 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
         "base_model": base_name,
         "template": trained["template"],
         "config": asdict(config),
+        "processes": world_size(),  # the examples were split over this many processes; the scores do not depend on it
         "leakage_check": checked["leakage"],
         "n": {"base": base["n"], "finetuned": tuned["n"]},
         "caps": {"generation_limit": config.limit, "perplexity_limit": config.ppl_limit, "max_new_tokens": config.max_new_tokens},
@@ -246,10 +308,12 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any]:
     return summary
 
 
-def score_other_base(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> dict[str, Any]:
+def score_other_base(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> dict[str, Any] | None:
     """Score another base model alone on the run's held-out split, in its own template; write eval/base_models/."""
     name = config.base_model
     result = score_model(model_path(name), None, {**metadata, "template": resolve(name).template}, config)
+    if result is None:
+        return None
     summary = {
         "run": str(run.path),
         "dataset": "twcs" if config.twcs else "bitext-test",

@@ -232,7 +232,7 @@ def write_leaderboard(leaderboard: dict[str, Any], out_dir: Path) -> list[Path]:
     def value(key: str, digits: int = 4, side: str | None = None) -> list[str]:
         return [fmt((r[side][key] if side else r[key]), digits) if r["status"] == "ok" else "—" for r in rows]
 
-    table = [("status", [r["status"] if r["status"] == "ok" else f"failed: {r['error']}" for r in rows])]
+    table = [("status", [r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error']}" for r in rows])]
     for key, described in METRICS.items():
         table.append((f"{described.label}, base", value(key, side="base")))
         table.append((f"{described.label}, fine-tuned", value(key, side="finetuned")))

@@ -13,7 +13,7 @@ from typing import Any
 
 from supportbench.config import DataConfig, TrainConfig, resolve_source
 from supportbench.data import prepare
-from supportbench.device import DeviceChoice, machine_info, peak_memory, pick_device
+from supportbench.device import DeviceChoice, machine_info, peak_memory, pick_device, process_state, world_size
 from supportbench.io import SupportBenchError, atomic_write_bytes, ensure_writable_dir, read_json, staged_dir, write_json
 from supportbench.metrics import percentile
 from supportbench.models import load_model, model_path, resolve
@@ -87,6 +87,19 @@ def check_lora_targets(model_dir: str, targets: list[str] | str) -> None:
         raise SupportBenchError(f"LoRA target(s) {missing} not found in the model; its linear layers are {sorted(linear)}")
 
 
+def split_accumulation(config: TrainConfig, processes: int) -> tuple[int, str | None]:
+    """Micro-batches per process per optimizer step that keep the config's effective batch over `processes` processes,
+    and why not when it cannot be kept exactly."""
+    per_round = config.batch_size * processes
+    if config.effective_batch % per_round == 0:
+        return config.effective_batch // per_round, None
+    accumulation = max(1, round(config.effective_batch / per_round))
+    return accumulation, (
+        f"the effective batch {config.effective_batch} is not a multiple of {processes} processes x micro-batch "
+        f"{config.batch_size}; it is {accumulation * per_round} instead"
+    )
+
+
 def make_trainer(
     config: TrainConfig,
     model: Any,
@@ -121,7 +134,7 @@ def make_trainer(
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation,
+        gradient_accumulation_steps=split_accumulation(config, world_size())[0],
         gradient_checkpointing=knobs.gradient_checkpointing,
         bf16=device.bf16,
         fp16=device.fp16,
@@ -221,8 +234,10 @@ class LoRARecipe:
         self.last_checkpoint = self._checkpoint_to_resume()
         check_lora_targets(model_path(config.model), config.lora_targets)
         ensure_writable_dir(self.run.path)  # the first write: creates the run folder
-        split = ensure_data(self.run, self.data)
-        if self.last_checkpoint is None:
+        self.processes = process_state()
+        with self.processes.main_process_first():  # one process prepares the split; the others then read it
+            split = ensure_data(self.run, self.data)
+        if self.last_checkpoint is None and self.processes.is_main_process:
             write_json(self.run.config_path, dataclasses.asdict(config))
         self.train_rows = _subset(split.rows("train"), config.max_train_examples, config.seed)
         self.eval_rows = _subset(split.rows("validation"), config.max_eval_examples, config.seed)
@@ -257,20 +272,24 @@ class LoRARecipe:
             self.trainer.evaluate()
 
     def save(self) -> dict[str, Any]:
-        """Write the adapter, loss history and curve, then train.json last; return the manifest."""
+        """Write the adapter, loss history and curve, then train.json last, from the main process only; return the
+        manifest (every process)."""
         run, state = self.run, self.trainer.state
-        with staged_dir(run.adapter) as tmp:
-            self.trainer.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
         history = state.log_history
-        write_json(run.loss_history, history)
-        atomic_write_bytes(run.loss_curve, loss_curve_png(history))
+        weights = self.trainer.accelerator.get_state_dict(self.trainer.model_wrapped)  # every process: FSDP gathers shards
+        if self.processes.is_main_process:
+            with staged_dir(run.adapter) as tmp:
+                self.trainer.model.save_pretrained(tmp, state_dict=weights)
+                self.tokenizer.save_pretrained(tmp)
+            write_json(run.loss_history, history)
+            atomic_write_bytes(run.loss_curve, loss_curve_png(history))
         evals = [h for h in history if "eval_loss" in h]
         eval_time = sum(h.get("eval_runtime", 0.0) for h in evals)
         trainable, total = self.trainer.model.get_nb_trainable_parameters()
         train_losses = [h["loss"] for h in history if "loss" in h] or [h["train_loss"] for h in history if "train_loss" in h]
         tokens = int(state.num_input_tokens_seen)
         split = run.data.manifest()["splits"]
+        accumulation, batch_note = split_accumulation(self.config, self.processes.num_processes)
         manifest = {
             "config": dataclasses.asdict(self.config),
             "template": self.template,
@@ -280,6 +299,14 @@ class LoRARecipe:
             "eval_examples": len(self.eval_rows),
             "token_lengths": self.length_stats,
             "machine": machine_info(),
+            "processes": {
+                "world_size": self.processes.num_processes,
+                "backend": self.processes.backend,
+                "micro_batch_per_process": self.config.batch_size,
+                "gradient_accumulation_per_process": accumulation,
+                "effective_batch": self.config.batch_size * accumulation * self.processes.num_processes,
+                "effective_batch_note": batch_note,
+            },
             "parameters": {"trainable": int(trainable), "total": int(total), "trainable_share": round(trainable / total, 5)},
             "steps": state.global_step,
             "wall_time_s": round(self.wall_s, 1),
@@ -291,7 +318,8 @@ class LoRARecipe:
             "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
             "best_eval_loss": min((h["eval_loss"] for h in evals), default=None),
         }
-        write_json(run.manifest_path, manifest)
+        if self.processes.is_main_process:
+            write_json(run.manifest_path, manifest)
         return manifest
 
 
