@@ -97,10 +97,17 @@ def cmd_tasks_path(args: argparse.Namespace) -> None:
     print(include_path())
 
 
+def cmd_accelerate_configs(args: argparse.Namespace) -> None:
+    """Print the folder of the bundled accelerate configs (for accelerate launch --config_file)."""
+    from supportbench.launch import config_folder
+
+    print(config_folder())
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     """Fine-tune a LoRA adapter into a run folder."""
     from supportbench.config import load_train_config
-    from supportbench.device import is_main_process
+    from supportbench.launch import is_main_process
     from supportbench.trainers.lora import summary_lines, train
 
     config = load_train_config(args.preset, args.config, **config_values(TrainConfig, args))
@@ -436,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_tasks_path,
         "print the installed lm-eval task folder (for lm_eval --include_path)",
         "Print the folder holding the customer_support lm-eval task YAMLs, for lm_eval --include_path.",
+    )
+    stage(
+        "accelerate-configs",
+        cmd_accelerate_configs,
+        "print the folder of the bundled accelerate configs (ddp, fsdp, zero2)",
+        "Print the folder holding the bundled accelerate configs, for `accelerate launch --config_file` (see the "
+        "README's Scaling up).",
     )
     return parser
 

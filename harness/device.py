@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from supportbench.launch import world_size
+
 
 @dataclass(frozen=True)
 class DeviceChoice:
@@ -28,16 +30,6 @@ class DeviceChoice:
     def dtype_name(self) -> str:
         """The dtype as lm-eval and transformers spell it ("float32", "bfloat16", ...)."""
         return str(self.dtype).removeprefix("torch.")
-
-
-def world_size() -> int:
-    """Processes in this job: N under `accelerate launch` or torchrun, else 1."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """True in the one process that writes results (rank 0, or the only process)."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def process_state() -> Any:

@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from importlib import resources
 from pathlib import Path
 
-from supportbench.device import world_size
 from supportbench.io import SupportBenchError
 
 CONFIG_PACKAGE, CONFIG_DIR = "supportbench", "accelerate_configs"
 
 
+def world_size() -> int:
+    """Processes in this job: N under `accelerate launch` or torchrun, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """True in the one process that writes results (rank 0, or the only process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def config_folder() -> Path:
+    """The installed folder of the bundled accelerate configs."""
+    return Path(str(resources.files(CONFIG_PACKAGE).joinpath(CONFIG_DIR)))
+
+
 def bundled_configs() -> list[str]:
     """Names of the bundled accelerate configs (ddp, fsdp, zero2)."""
-    folder = resources.files(CONFIG_PACKAGE).joinpath(CONFIG_DIR)
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name.removesuffix(".yaml") for p in config_folder().glob("*.yaml"))
 
 
 def config_path(name_or_path: str) -> Path:
     """A bundled config by name, or a user's accelerate config file."""
     if name_or_path in bundled_configs():
-        return Path(str(resources.files(CONFIG_PACKAGE).joinpath(CONFIG_DIR, f"{name_or_path}.yaml")))
+        return config_folder() / f"{name_or_path}.yaml"
     if not Path(name_or_path).is_file():
         raise SupportBenchError(
             f"--accelerate-config: {name_or_path!r} is neither a bundled config {bundled_configs()} nor a file"

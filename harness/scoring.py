@@ -14,7 +14,7 @@ from typing import Any
 
 from supportbench.config import EvalConfig
 from supportbench.data import instruction_hash, load_twcs_pairs
-from supportbench.device import pick_device, process_state, world_size
+from supportbench.device import pick_device, process_state
 from supportbench.export import exported_format
 from supportbench.io import (
     SupportBenchError,
@@ -26,6 +26,7 @@ from supportbench.io import (
     write_json,
     write_jsonl,
 )
+from supportbench.launch import world_size
 from supportbench.metrics import GEN_TASK, METRICS, PPL_TASK, ROUGE_TYPES, corpus_bleu
 from supportbench.models import model_path, resolve
 from supportbench.plots import forest_png

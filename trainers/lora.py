@@ -13,8 +13,9 @@ from typing import Any
 
 from supportbench.config import DataConfig, TrainConfig, resolve_source
 from supportbench.data import prepare
-from supportbench.device import DeviceChoice, machine_info, peak_memory, pick_device, process_state, world_size
+from supportbench.device import DeviceChoice, machine_info, peak_memory, pick_device, process_state
 from supportbench.io import SupportBenchError, atomic_write_bytes, ensure_writable_dir, read_json, staged_dir, write_json
+from supportbench.launch import world_size
 from supportbench.metrics import percentile
 from supportbench.models import load_model, model_path, resolve
 from supportbench.plots import loss_curve_png
