@@ -74,6 +74,11 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from supportbench.data import prepare, summary_lines
 
     values = config_values(DataConfig, args)
+    if args.config:  # the file's keys, then the options given on the command line
+        from supportbench.config import read_config_file
+
+        given = {k: v for k, v in values.items() if v is not None and v != DataConfig.__dataclass_fields__[k].default}
+        values = {**values, **read_config_file(DataConfig, Path(args.config)), **given}
     config = DataConfig(**{**values, "source": resolve_source(values["source"])})
     manifest = prepare(config, Path(args.out), force=args.force)
     print("\n".join(summary_lines(manifest, Path(args.out))))
@@ -282,11 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare",
         cmd_prepare,
         "clean, validate and split the support data",
-        "Load a hub dataset or local CSV/JSONL/Parquet, fill placeholders, and write a leak-free stratified "
-        "train/validation/test split plus manifest.json. Only these four files are ever written or replaced.",
+        "Load a hub dataset or a local CSV/JSONL/Parquet file (exchange pairs, chat transcripts or one message per "
+        "row), replace personal data, fill placeholders, and write a leak-free stratified train/validation/test split, "
+        "data_card.md/.png and manifest.json. Only these six files are ever written or replaced.",
     )
     p.add_argument("--out", required=True, help="folder to write the splits and manifest into")
     p.add_argument("--force", action="store_true", help="replace a different split, or write beside other files")
+    p.add_argument("--config", help="YAML file of the options below (their names with underscores); flags override it")
     add_config_options(p, DataConfig)
 
     p = stage(

@@ -18,6 +18,11 @@ DATA_ENV = "SUPPORTBENCH_DATA"
 DEFAULT_PRESET = "ci"
 PRESET_PACKAGE, PRESET_DIR = "supportbench.trainers", "presets"
 GENERATION_EXAMPLES = 50  # the notebook's eval size; eval and rank share it
+MAPPABLE_COLUMNS = (
+    *("instruction", "response", "category", "intent", "flags", "tags"),  # one exchange per row
+    "messages",  # chat transcripts: a list of {role, content}
+    *("text", "role", "conversation", "order", "message_id", "reply_to"),  # one message per row
+)
 
 
 def option(default: Any, help: str, **cli: Any) -> Any:
@@ -66,6 +71,33 @@ class DataConfig:
     validation_size: int = option(100, "validation rows")
     sample_size: int = option(5000, "rows sampled in notebook mode")
     placeholders: str | None = option(None, "YAML map of {{placeholder}} values merged over the defaults")
+    columns: str | None = option(
+        None,
+        "your column names, as target=yours pairs: instruction=customer_message,response=agent_reply,category=queue; "
+        f"targets: {', '.join(MAPPABLE_COLUMNS)} (a messages column holds chat transcripts; text and role with "
+        "conversation, or message_id and reply_to, hold one message per row)",
+    )
+    pii: str = option(
+        "scrub",
+        "scrub: replace e-mails, phone numbers, card numbers, IBANs, IP addresses and ID patterns with typed "
+        "placeholders; keep: leave the text as it is (data that is already clean)",
+        choices=("scrub", "keep"),
+    )
+    pii_rules: str | None = option(None, "YAML file of PII rules (placeholders, patterns) merged over the bundled ones")
+    phone_region: str = option("US", "region of phone numbers written without a country code (ISO 3166 code)")
+    languages: str = option(
+        "en,es,fr,de,it,pt,nl,pl,sv,da,no,fi,tr,ru,ar,hi,zh,ja,ko,id",
+        "languages the language detector may answer, ISO 639-1 codes",
+    )
+
+    def column_mapping(self) -> dict[str, str]:
+        """--columns as {target: the file's column}."""
+        pairs = [part.split("=", 1) for part in comma_list(self.columns or "")]
+        bad = [p for p in pairs if len(p) != 2 or p[0].strip() not in MAPPABLE_COLUMNS or not p[1].strip()]
+        if bad:
+            shown = ["=".join(p) for p in bad]
+            raise SupportBenchError(f"--columns: {shown} are not target=column pairs with a target in {list(MAPPABLE_COLUMNS)}")
+        return {target.strip(): column.strip() for target, column in pairs}
 
     def validate(self) -> None:
         """Reject impossible settings before any work starts."""
@@ -76,9 +108,13 @@ class DataConfig:
                 "test_size": self.test_size >= 0,
                 "validation_size": self.validation_size >= 0,
                 "sample_size": self.sample_size >= 0,
+                "pii": self.pii in ("scrub", "keep"),
+                "phone_region": len(self.phone_region) == 2 and self.phone_region.isalpha(),
+                "languages": bool(comma_list(self.languages)),
             },
             "data config",
         )
+        self.column_mapping()
 
 
 @dataclass

@@ -11,15 +11,19 @@ import re
 import sys
 import unicodedata
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from supportbench.config import DATA_ENV, DataConfig
+from supportbench import data_card
+from supportbench.config import DATA_ENV, DataConfig, comma_list
+from supportbench.conversations import from_messages, from_threads, input_format
 from supportbench.io import (
     SupportBenchError,
     atomic_write_bytes,
+    atomic_write_text,
     ensure_writable_dir,
     hub_reachable,
     jsonl_bytes,
@@ -28,6 +32,7 @@ from supportbench.io import (
     write_json,
 )
 from supportbench.metrics import PLACEHOLDER
+from supportbench.pii import Scrubber, load_rules
 from supportbench.run import SPLITS, RunDir, SplitDir
 
 REQUIRED_COLUMNS = ("instruction", "response")
@@ -191,14 +196,23 @@ class PlaceholderFiller:
         }
 
 
-def clean_rows(rows, report: LoadReport, filler: PlaceholderFiller, controls: Counter[str]) -> list[dict[str, Any]]:
-    """Validate fields, drop empty, badly encoded and duplicate rows (recorded), strip control characters
-    (counted in `controls`), and fill placeholders."""
+def _texts(row: dict[str, Any]) -> dict[str, str]:
+    """Every text field of an example: the exchange, the optional columns, and each history turn."""
+    fields = {c: row.get(c) for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
+    for i, (customer, agent) in enumerate(row.get("history") or []):
+        fields[f"history.{i}.customer"], fields[f"history.{i}.agent"] = customer, agent
+    return {c: "" if v is None else str(v) for c, v in fields.items()}
+
+
+def clean_rows(
+    rows, report: LoadReport, filler: PlaceholderFiller, controls: Counter[str], scrub: Callable[[str], str] | None
+) -> list[dict[str, Any]]:
+    """Validate fields, drop empty, badly encoded and duplicate examples (recorded), strip control characters
+    (counted in `controls`), replace personal data (`scrub`), and fill placeholders."""
     kept: list[dict[str, Any]] = []
-    first_seen: dict[tuple[str, str], int] = {}
+    first_seen: dict[tuple[Any, ...], int] = {}
     for number, row in rows:
-        fields = {c: row.get(c) for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
-        texts = {c: "" if v is None else str(v) for c, v in fields.items()}
+        texts = _texts(row)
         if any("\udc80" <= ch <= "\udcff" for v in texts.values() for ch in v):
             report.skip(number, "bad encoding: not valid UTF-8")
             continue
@@ -212,21 +226,43 @@ def clean_rows(rows, report: LoadReport, filler: PlaceholderFiller, controls: Co
         if empty:
             report.skip(number, f"empty field: {', '.join(empty)}")
             continue
-        key = (normalize_instruction(texts["instruction"]), texts["response"].strip())
+        history = [[texts[f"history.{i}.customer"], texts[f"history.{i}.agent"]] for i in range(len(row.get("history") or []))]
+        key = (
+            tuple(normalize_instruction(" ".join(turn)) for turn in history),
+            normalize_instruction(texts["instruction"]),
+            texts["response"].strip(),
+        )
         if key in first_seen:
             report.skip(number, f"duplicate of row {first_seen[key]}")
             continue
         first_seen[key] = number
-        kept.append(
-            {
-                "id": f"row-{number}",
-                "source_row": number,
-                "instruction": filler(texts["instruction"].strip()),
-                "response": filler(texts["response"].strip()),
-                **{c: texts[c].strip() for c in OPTIONAL_COLUMNS},
-            }
-        )
+        clean = lambda text: filler(scrub(text.strip()) if scrub else text.strip())  # noqa: E731
+        example = {
+            "id": row.get("_id") or f"row-{number}",
+            "source_row": number,
+            "instruction": clean(texts["instruction"]),
+            "response": clean(texts["response"]),
+            **{c: texts[c].strip() for c in OPTIONAL_COLUMNS},
+        }
+        if "conversation" in row:
+            example["conversation"] = row["conversation"]
+            example["history"] = [[clean(customer), clean(agent)] for customer, agent in history]
+        kept.append(example)
     return kept
+
+
+def detect_languages(rows: list[dict[str, Any]], languages: str) -> None:
+    """Set each row's `language`: the customer query's, by py3langid (offline) among the allowed languages."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE)
+    allowed = comma_list(languages)
+    unknown = sorted(set(allowed) - set(identifier.labels))
+    if unknown:
+        raise SupportBenchError(f"--languages: the detector knows no {unknown}; it knows {sorted(identifier.labels)}")
+    identifier.set_languages(allowed)
+    for row in rows:
+        row["language"] = identifier.classify(row["instruction"])[0]
 
 
 # ---------------------------------------------------------------- splitting
@@ -243,6 +279,26 @@ def _largest_remainder(weights: dict[str, int], total: int) -> dict[str, int]:
     return quota
 
 
+def _split_groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows that must land in one split: those sharing a normalized instruction or a conversation, transitively
+    (union-find); each group is keyed by one of its normalized instructions."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for row in rows:
+        if "conversation" in row:
+            parent[root("\0" + row["conversation"])] = root(normalize_instruction(row["instruction"]))
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[root(normalize_instruction(row["instruction"]))].append(row)
+    return groups
+
+
 def split_rows(rows: list[dict[str, Any]], config: DataConfig) -> dict[str, list[dict[str, Any]]]:
     """Seeded split stratified by intent; rows sharing a normalized instruction stay in one split."""
     rng = random.Random(config.seed)
@@ -256,9 +312,7 @@ def split_rows(rows: list[dict[str, Any]], config: DataConfig) -> dict[str, list
         raise SupportBenchError(
             f"{len(rows)} usable rows cannot hold a test split of {test_total} and a validation split of {val_total}"
         )
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[normalize_instruction(row["instruction"])].append(row)
+    groups = _split_groups(rows)
     by_intent: dict[str, list[str]] = defaultdict(list)
     for key, members in groups.items():
         by_intent[members[0]["intent"] or "(none)"].append(key)
@@ -287,13 +341,42 @@ def split_rows(rows: list[dict[str, Any]], config: DataConfig) -> dict[str, list
 
 
 def overlap_report(splits: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
-    """Count normalized instructions shared by each pair of splits (all zero for a clean split)."""
-    keys = {name: {normalize_instruction(r["instruction"]) for r in rows} for name, rows in splits.items()}
+    """Count normalized instructions and conversations shared by each pair of splits (all zero for a clean split)."""
+    keys = {
+        name: {normalize_instruction(r["instruction"]) for r in rows}
+        | {"\0" + r["conversation"] for r in rows if "conversation" in r}
+        for name, rows in splits.items()
+    }
     names = sorted(keys)
     return {f"{a}&{b}": len(keys[a] & keys[b]) for i, a in enumerate(names) for b in names[i + 1 :]}
 
 
 # ---------------------------------------------------------------- the stage
+
+
+def _mapped(config: DataConfig, columns: list[str], records: list[tuple[int, dict[str, Any]]]):
+    """Rename the file's columns as --columns says, and tell its format from the result; missing columns are errors."""
+    mapping = config.column_mapping()
+    unknown = sorted(set(mapping.values()) - set(columns))
+    if unknown:
+        raise SupportBenchError(f"{config.source}: --columns names {unknown}, which the file lacks; its columns are {columns}")
+    rename = {source: target for target, source in mapping.items()}
+    if rename:
+        records = [(n, {rename.get(k, k): v for k, v in row.items()}) for n, row in records]
+        columns = [rename.get(c, c) for c in columns]
+    input_kind = input_format(columns)
+    needed = {
+        "pairs": REQUIRED_COLUMNS,
+        "messages": ("messages",),
+        "threads": ("text", "role") if "conversation" in columns else ("text", "role", "message_id", "reply_to"),
+    }[input_kind]
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise SupportBenchError(
+            f"{config.source}: missing required column(s) {', '.join(repr(c) for c in missing)}; found columns "
+            f"{columns} (map yours with --columns {needed[0]}=YOUR_COLUMN,...)"
+        )
+    return records, columns, input_kind
 
 
 def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str, Any]:
@@ -307,32 +390,41 @@ def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str,
         raise SupportBenchError(
             f"{out.path} holds a training run; prepare writes a split folder (a run keeps its own in data/), choose another --out"
         )
-    columns, rows, report, source_info = load_rows(config.source)
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise SupportBenchError(
-            f"{config.source}: missing required column(s) {', '.join(repr(c) for c in missing)}; found columns {columns}"
-        )
+    found_columns, records, report, source_info = load_rows(config.source)
+    records, columns, input_kind = _mapped(config, found_columns, records)
     filler = PlaceholderFiller(load_placeholder_map(config.placeholders))
+    scrub = Scrubber(load_rules(config.pii_rules), config.phone_region) if config.pii == "scrub" else None
     controls: Counter[str] = Counter()
-    kept = clean_rows(rows, report, filler, controls)
+    if input_kind == "pairs":
+        examples, example_report = records, report  # one example per row: a row is kept or skipped as a whole
+    else:
+        examples = (from_messages if input_kind == "messages" else from_threads)(records, report)
+        example_report = LoadReport(rows_in=len(examples))
+    kept = clean_rows(examples, example_report, filler, controls, scrub)
+    detect_languages(kept, config.languages)
     splits = split_rows(kept, config)
     overlap = overlap_report(splits)
     if any(overlap.values()):
         raise SupportBenchError(f"internal error: split overlap {overlap}")
-    reasons = Counter(re.sub(r" \d+$", " N", s["reason"]) for s in report.skipped)
     manifest = {
         "config": asdict(config),
         "source": source_info,
-        "columns": {"found": columns, "used_optional": [c for c in OPTIONAL_COLUMNS if c in columns]},
+        "format": input_kind,
+        "columns": {
+            "found": found_columns,
+            "mapping": config.column_mapping(),
+            "used_optional": [c for c in OPTIONAL_COLUMNS if c in columns],
+        },
         "counts": {
             "rows_in": report.rows_in,
-            "kept": len(kept),
+            "kept": report.rows_in - len(report.skipped),
             "skipped": len(report.skipped),
-            "skipped_by_reason": dict(sorted(reasons.items())),
+            "skipped_by_reason": data_card.reason_counts(report.skipped),
+            "examples": len(kept),
             "unused_after_sampling": len(kept) - sum(len(v) for v in splits.values()),
         },
         "skipped_rows": report.skipped,
+        "data_card": data_card.statistics(kept, example_report, scrub, input_kind),
         "placeholders": filler.coverage(),
         "control_characters_removed": dict(sorted(controls.items())),
         "overlap": {"normalized_instruction_pairs": overlap, "shared_total": sum(overlap.values())},
@@ -366,6 +458,8 @@ def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str,
             )
     for name, data in contents.items():
         atomic_write_bytes(out.split_path(name), data)
+    atomic_write_bytes(out.data_card_png, data_card.lengths_png(manifest))
+    atomic_write_text(out.data_card, data_card.markdown(manifest, out.data_card_png.name))
     write_json(out.manifest_path, manifest)  # last: a manifest names only splits that are complete
     return manifest
 
@@ -382,6 +476,11 @@ def summary_lines(manifest: dict[str, Any], out_dir: Path) -> list[str]:
         s = manifest["splits"][name]
         lines.append(f"{name:<12} {s['rows']:>5} rows  {s['intents']} intents  sha256 {s['sha256'][:12]}")
     lines.append(f"overlap      {manifest['overlap']['normalized_instruction_pairs']}")
+    card = manifest["data_card"]
+    lines.append(f"format       {manifest['format']}: {counts['examples']} examples kept")
+    pii = card["pii"]
+    lines.append("pii          " + ("off (--pii keep)" if pii["mode"] == "keep" else f"replaced {pii['found'] or 'nothing'}"))
+    lines.append(f"languages    {dict(list(card['languages'].items())[:5])}")
     lines.append(
         f"placeholders {ph['occurrences']} found: {ph['mapped']} mapped ({ph['mapped_share']:.1%}), "
         f"{ph['fallback']} readable fallback over {ph['fallback_keys']} keys"

@@ -28,9 +28,12 @@ class SplitDir:
         """One split's JSONL file."""
         return self.path / f"{name}.jsonl"
 
+    data_card = property(lambda self: self.path / "data_card.md", doc="The data card, rendered from the manifest.")
+    data_card_png = property(lambda self: self.path / "data_card.png", doc="The data card's length histograms.")
+
     def outputs(self) -> list[Path]:
         """Every file prepare writes here (and the only ones it may replace)."""
-        return [*(self.split_path(name) for name in SPLITS), self.manifest_path]
+        return [*(self.split_path(name) for name in SPLITS), self.data_card, self.data_card_png, self.manifest_path]
 
     @property
     def is_prepared(self) -> bool:

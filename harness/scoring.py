@@ -195,7 +195,8 @@ def _example(sample: dict[str, Any]) -> dict[str, Any]:
     """What eval keeps of one lm-eval generation sample: the doc's fields, the cut reply and its ROUGE scores."""
     doc = sample["doc"]
     reply = cut_at_stops(_raw(sample), doc["stop"])[0]
-    fields = {"id": doc["id"], "category": doc["category"], "intent": doc["intent"], "query": doc["instruction"]}
+    fields = {"id": doc["id"], "category": doc["category"], "intent": doc["intent"], "language": doc.get("language", "")}
+    fields["query"] = doc["instruction"]
     return {**fields, "reference": doc["reference"], "reply": reply, **{m: sample[m] for m in ROUGE_TYPES}}
 
 
@@ -268,7 +269,7 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
     by_id = {s["id"]: s for s in tuned["samples"]}
     side_by_side = [
         {
-            **{k: s[k] for k in ("id", "category", "intent", "query", "reference")},
+            **{k: s[k] for k in ("id", "category", "intent", "language", "query", "reference")},
             "base": s["reply"],
             "finetuned": by_id[s["id"]]["reply"],
             **{f"base_{m}": s[m] for m in ROUGE_TYPES},

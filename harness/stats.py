@@ -152,6 +152,7 @@ def eval_statistics(samples: list[dict[str, Any]], perplexity_pairs: Sequence[Se
         "win_rate_rougeL": {**mean_interval(wins, seed), "ties": sum(d == 0 for d in differences)},
         "by_category": slices(samples, "category", seed),
         "by_intent": by_intent,
+        "by_language": slices(samples, "language", seed),
         "min_slice": MIN_SLICE,
         "worst_intents": [r["intent"] for r in judged[:5]],
         "planner_rougeL": {

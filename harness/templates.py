@@ -36,6 +36,12 @@ class Turn:
     agent: str | None = None
 
 
+def row_turns(row: dict[str, Any]) -> list[Turn]:
+    """A prepared example as template turns: its history (multi-turn data), then the customer's query. Training,
+    eval and the app render conversations through this one path."""
+    return [*(Turn(customer, agent) for customer, agent in row.get("history") or []), Turn(row["instruction"])]
+
+
 def cut_at_stops(text: str, stops: list[str]) -> tuple[str, bool]:
     """Cut text at the earliest of the stop sequences; return the stripped reply and whether a stop was hit."""
     cut = min((i for stop in stops if (i := text.find(stop)) >= 0), default=-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,12 @@ def _optional_png(path: Path) -> str | None:
     return base64.b64encode(path.read_bytes()).decode("ascii") if path.is_file() else None
 
 
+def _demoted(markdown: str) -> str:
+    """A standalone Markdown page to sit inside a report section: headings two levels down, images left to the
+    report (which embeds them itself)."""
+    return re.sub(r"^(#+) ", r"##\1 ", re.sub(r"^!\[.*\n\n?", "", markdown, flags=re.M), flags=re.M)
+
+
 def notebook_reference() -> dict[str, Any]:
     """The original notebook's published figures, labelled with their source."""
     text = resources.files("supportbench.reports").joinpath("notebook_reference.yaml").read_text(encoding="utf-8")
@@ -42,6 +49,9 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
         "path": str(run.path),
         "train": _optional_json(run.manifest_path),
         "data": _optional_json(run.data.manifest_path),
+        "data_card": _demoted(run.data.data_card.read_text(encoding="utf-8")) if run.data.data_card.is_file() else None,
+        "data_card_png": _optional_png(run.data.data_card_png),
+        "data_card_file": str(run.data.data_card_png.relative_to(run.path)),
         "eval": _optional_json(run.eval.metrics),
         "per_category": _optional_json(run.eval.per_category),
         "samples": read_jsonl(run.eval.samples, limit=SAMPLES_SHOWN) if run.eval.samples.is_file() else None,

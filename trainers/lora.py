@@ -20,7 +20,7 @@ from supportbench.metrics import percentile
 from supportbench.models import load_model, model_path, resolve
 from supportbench.plots import loss_curve_png
 from supportbench.run import SPLITS, RunDir, SplitDir
-from supportbench.templates import Turn, get_template
+from supportbench.templates import get_template, row_turns
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def build_examples(rows: list[dict[str, Any]], template_name: str, tokenizer: An
     template = get_template(template_name)
     return [
         {
-            "prompt": template.prompt([Turn(r["instruction"])], tokenizer),
+            "prompt": template.prompt(row_turns(r), tokenizer),
             "completion": template.completion(r["response"], tokenizer),
         }
         for r in rows

@@ -17,7 +17,7 @@ from supportbench.io import SupportBenchError, sha256_file
 from supportbench.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
 from supportbench.models import cache_root
 from supportbench.run import SplitDir
-from supportbench.templates import Turn, cut_at_stops, get_template, has_runon
+from supportbench.templates import cut_at_stops, get_template, has_runon, row_turns
 
 SPLIT_ENV = "SUPPORTBENCH_SPLIT"
 
@@ -59,7 +59,7 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     docs = []
     for row in _rows(metadata):
-        prompt = template.prompt([Turn(row["instruction"])], tokenizer)
+        prompt = template.prompt(row_turns(row), tokenizer)
         target = template.target(row["response"])
         context = prompt.rstrip()  # lm-eval moves the prompt's trailing spaces into the continuation
         docs.append(
@@ -67,6 +67,7 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
                 "id": row["id"],
                 "category": row["category"],
                 "intent": row["intent"],
+                "language": row.get("language", ""),
                 "instruction": row["instruction"],
                 "reference": row["response"],
                 "prompt": prompt,
