@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="folder to write the splits and manifest into")
     p.add_argument("--force", action="store_true", help="replace a different split, or write beside other files")
-    p.add_argument("--config", help="YAML file of the options below (their names with underscores); flags override it")
+    p.add_argument("--config", help="YAML file of the options below, named with underscores; flags override it (default: none)")
     add_config_options(p, DataConfig)
 
     p = stage(

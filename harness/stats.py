@@ -84,7 +84,7 @@ def slices(samples: list[dict[str, Any]], key: str, seed: int) -> list[dict[str,
     """Per-slice n, ROUGE-L means and paired difference; slices under MIN_SLICE examples are marked, not judged."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for sample in samples:
-        groups[sample[key]].append(sample)
+        groups[sample.get(key) or "(unknown)"].append(sample)  # samples of older evals carry no language
     rows = []
     for name, members in sorted(groups.items()):
         base = [s["base_rougeL"] for s in members]
