@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def test_accelerate_launch_trains_on_two_cpu_processes_with_the_same_steps(tiny_
         "gradient_accumulation": 4,
         "max_train_examples": 40,
         "max_eval_examples": 8,
-        "save_steps": 100,
+        "save_steps": 2,
         "logging_steps": 1,
     }
     config_file = tmp_path / "tiny.yaml"
@@ -70,6 +71,19 @@ def test_accelerate_launch_trains_on_two_cpu_processes_with_the_same_steps(tiny_
     assert not [p for p in runs[TWO_PROCESSES].rglob("*") if p.name.startswith(".")]  # no staged leftovers
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), runs[TWO_PROCESSES] / "adapter")
     assert any("lora_A" in name for name, _ in model.named_parameters())
+    # a 2-process run killed after its step-4 checkpoint resumes from it, under 2 processes, to the same end
+    interrupted = runs[TWO_PROCESSES]
+    for finished in ("train.json", "adapter", "checkpoints/checkpoint-5"):
+        shutil.rmtree(interrupted / finished) if (interrupted / finished).is_dir() else (interrupted / finished).unlink()
+    resumed = _launched(
+        [sys.executable, "-m", "supportbench", "train", "--out", str(interrupted), "--config", str(config_file)]
+        + ["--resume", "--num-processes", str(TWO_PROCESSES)],
+        tmp_path / "cache",
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = read_json(interrupted / "train.json")
+    assert again["resumed_from"].endswith("checkpoint-4") and again["steps"] == 5
+    assert again["processes"]["world_size"] == TWO_PROCESSES
 
 
 def test_effective_batch_split_over_processes_and_the_reason_when_it_cannot_be_kept(tiny_model_dir):

@@ -240,6 +240,9 @@ class LoRARecipe:
             split = ensure_data(self.run, self.data)
         if self.last_checkpoint is None and self.processes.is_main_process:
             write_json(self.run.config_path, dataclasses.asdict(config))
+        batch_note = split_accumulation(config, self.processes.num_processes)[1]
+        if batch_note and self.processes.is_main_process:
+            print(f"warning: {batch_note} (recorded in train.json)", flush=True)
         self.train_rows = _subset(split.rows("train"), config.max_train_examples, config.seed)
         self.eval_rows = _subset(split.rows("validation"), config.max_eval_examples, config.seed)
         model, self.tokenizer = load_model(config.model, self.device)
