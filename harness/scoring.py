@@ -280,7 +280,7 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
     perplexity_pairs = [[*base["perplexity_items"][i], *tuned["perplexity_items"][i]] for i in base["perplexity_items"]]
     summary = {
         "run": str(run.path),
-        "dataset": "twcs" if config.twcs else "bitext-test",
+        "dataset": "twcs" if config.twcs else "heldout-test",
         "base_model": base_name,
         "template": trained["template"],
         "config": asdict(config),
@@ -318,7 +318,7 @@ def score_other_base(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) 
         return None
     summary = {
         "run": str(run.path),
-        "dataset": "twcs" if config.twcs else "bitext-test",
+        "dataset": "twcs" if config.twcs else "heldout-test",
         "base_model": name,
         "template": resolve(name).template,
         "config": asdict(config),

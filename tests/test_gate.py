@@ -38,7 +38,7 @@ def evaluated_run(folder: Path, base: np.ndarray, tuned: np.ndarray, test_sha: s
         run.eval.metrics,
         {
             "template": "seed",
-            "dataset": "bitext-test",
+            "dataset": "heldout-test",
             "leakage_check": {"test_sha256": test_sha},
             "config": {"limit": limit, "ppl_limit": None, "max_new_tokens": 100, "seed": 1234},
             "metrics": {"finetuned": {"runon": 0.0, "placeholder_leak": 0.0}},
