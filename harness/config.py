@@ -18,8 +18,9 @@ DATA_ENV = "SUPPORTBENCH_DATA"
 DEFAULT_PRESET = "ci"
 PRESET_PACKAGE, PRESET_DIR = "supportbench.trainers", "presets"
 GENERATION_EXAMPLES = 50  # the notebook's eval size; eval and rank share it
+OPTIONAL_COLUMNS = ("category", "intent", "flags", "tags")  # labels an example may carry, whatever its format
 MAPPABLE_COLUMNS = (
-    *("instruction", "response", "category", "intent", "flags", "tags"),  # one exchange per row
+    *("instruction", "response", *OPTIONAL_COLUMNS),  # one exchange per row
     "messages",  # chat transcripts: a list of {role, content}
     *("text", "role", "conversation", "order", "message_id", "reply_to"),  # one message per row
 )

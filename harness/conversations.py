@@ -4,8 +4,10 @@ reply-to links) become one example per agent reply, with the turns before it as 
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import dropwhile
 from typing import Any
 
+from supportbench.config import OPTIONAL_COLUMNS
 from supportbench.io import SupportBenchError
 
 USER_ROLES = {"user", "customer", "client", "human", "inbound", "true", "1"}
@@ -54,15 +56,14 @@ def from_messages(records: Numbered, report: Any) -> Numbered:
         if problem:
             report.skip(number, problem)
             continue
-        start = next(i for i, m in enumerate(messages + [{"role": "end"}]) if m["role"] != "system")
-        dialogue = [(m["role"], m["content"].strip()) for m in messages[start:]]
+        dialogue = [(m["role"], m["content"].strip()) for m in dropwhile(lambda m: m["role"] == "system", messages)]
         if "assistant" not in (role for role, _ in dialogue):
             report.skip(number, "no assistant turn")
             continue
         if any(role != ("user" if i % 2 == 0 else "assistant") for i, (role, _) in enumerate(dialogue)):
             report.skip(number, "role order is not user/assistant alternation")
             continue
-        base = {k: record.get(k) for k in ("category", "intent", "flags", "tags")}
+        base = {k: record.get(k) for k in OPTIONAL_COLUMNS}
         examples += _examples(dialogue, base, f"row-{number}", [number] * len(dialogue))
     return examples
 
@@ -133,6 +134,6 @@ def from_threads(records: Numbered, report: Any) -> Numbered:
             for number in turns.pop()[2]:
                 report.skip(number, "customer message that no agent answered")
         dialogue = [(role, text) for role, text, _ in turns]
-        base = {k: members[0][1].get(k) for k in ("category", "intent", "flags", "tags")} if members else {}
+        base = {k: members[0][1].get(k) for k in OPTIONAL_COLUMNS} if members else {}
         examples += _examples(dialogue, base, f"thread-{thread}", [rows[0] for _, _, rows in turns])
     return examples

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from supportbench import data_card
-from supportbench.config import DATA_ENV, DataConfig, comma_list
+from supportbench.config import DATA_ENV, OPTIONAL_COLUMNS, DataConfig, comma_list
 from supportbench.conversations import from_messages, from_threads, input_format
 from supportbench.io import (
     SupportBenchError,
@@ -36,7 +36,6 @@ from supportbench.pii import Scrubber, load_rules
 from supportbench.run import SPLITS, RunDir, SplitDir
 
 REQUIRED_COLUMNS = ("instruction", "response")
-OPTIONAL_COLUMNS = ("category", "intent", "flags", "tags")
 # C0 control characters (NUL, ESC, ...) other than tab and newlines, and DEL: never useful in a reply.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long replies are data: lift csv's 131,072-character field cap
@@ -211,6 +210,10 @@ def clean_rows(
     (counted in `controls`), replace personal data (`scrub`), and fill placeholders."""
     kept: list[dict[str, Any]] = []
     first_seen: dict[tuple[Any, ...], int] = {}
+
+    def clean(text: str) -> str:
+        return filler(scrub(text.strip()) if scrub else text.strip())
+
     for number, row in rows:
         texts = _texts(row)
         if any("\udc80" <= ch <= "\udcff" for v in texts.values() for ch in v):
@@ -236,7 +239,6 @@ def clean_rows(
             report.skip(number, f"duplicate of row {first_seen[key]}")
             continue
         first_seen[key] = number
-        clean = lambda text: filler(scrub(text.strip()) if scrub else text.strip())  # noqa: E731
         example = {
             "id": row.get("_id") or f"row-{number}",
             "source_row": number,

@@ -11,14 +11,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import phonenumbers
+
 from supportbench.io import SupportBenchError, read_yaml
 
 EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
 CARD = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
-IPV4 = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b")
-IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
-BUILT_IN = ("email", "card", "iban", "ip", "phone")  # in this order: an e-mail's digits are never a phone number
+IP = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")  # v4 | v6
 
 
 def luhn_valid(digits: str) -> bool:
@@ -51,6 +51,14 @@ def _ip_valid(text: str) -> bool:
     return True
 
 
+REGEX_DETECTORS: dict[str, tuple[re.Pattern[str], Callable[[str], bool]]] = {
+    "email": (EMAIL, lambda _: True),
+    "card": (CARD, card_valid),
+    "iban": (IBAN, iban_valid),
+    "ip": (IP, _ip_valid),
+}
+
+
 def load_rules(extra: str | None = None) -> dict[str, Any]:
     """The bundled pii_rules.yaml with a user's rules file merged over it, checked."""
     rules = read_yaml(resources.files("supportbench").joinpath("pii_rules.yaml").read_text(encoding="utf-8"), "pii_rules.yaml")
@@ -77,17 +85,7 @@ class Scrubber:
     """Replaces personal data in text with typed placeholders and counts what it found, by type."""
 
     def __init__(self, rules: dict[str, Any], phone_region: str):
-        import phonenumbers
-
         self.rules, self.phone_region, self.found = rules, phone_region.upper(), Counter()
-        self._phonenumbers = phonenumbers
-        regex_detectors: dict[str, tuple[re.Pattern[str], Callable[[str], bool]]] = {
-            "email": (EMAIL, lambda _: True),
-            "card": (CARD, card_valid),
-            "iban": (IBAN, iban_valid),
-            "ip": (re.compile(f"{IPV4.pattern}|{IPV6.pattern}"), _ip_valid),
-        }
-        self._regex = regex_detectors
 
     def _placeholder(self, kind: str) -> str:
         return "{{" + self.rules["placeholders"][kind] + "}}"
@@ -106,7 +104,7 @@ class Scrubber:
         return pattern.sub(replace, text)
 
     def _phones(self, text: str) -> str:
-        matches = list(self._phonenumbers.PhoneNumberMatcher(text, self.phone_region))
+        matches = list(phonenumbers.PhoneNumberMatcher(text, self.phone_region))
         for match in reversed(matches):
             self.found["phone"] += 1
             text = text[: match.start] + self._placeholder("phone") + text[match.end :]
@@ -114,7 +112,7 @@ class Scrubber:
 
     def __call__(self, text: str) -> str:
         """The text with every detected value replaced by its placeholder."""
-        for kind, (pattern, valid) in self._regex.items():
+        for kind, (pattern, valid) in REGEX_DETECTORS.items():  # before phones: an e-mail's digits are no phone number
             text = self._sub(text, kind, pattern, valid, self._placeholder(kind))
         text = self._phones(text)
         for name, rule in self.rules["patterns"].items():

@@ -71,13 +71,24 @@ def _metric(task_results: dict[str, Any], name: str) -> float:
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 
-def check_backend(config: EvalConfig) -> None:
-    """Fail before any work when the chosen backend cannot run here."""
-    if config.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+def check_backend(config: EvalConfig, adapter: Path) -> None:
+    """Fail before any work when the chosen backend cannot run here, or cannot serve the adapter."""
+    if config.backend != "vllm":
+        return
+    if importlib.util.find_spec("vllm") is None:
         raise SupportBenchError(
             "--backend vllm needs vLLM, which is not installed: `pip install vllm` on a machine with a GPU "
             "(or use --backend hf, data-parallel with --num-processes N)"
         )
+    vllm_lora_rank(adapter)
+
+
+def vllm_lora_rank(adapter: Path) -> int:
+    """The adapter's r rounded up to a max_lora_rank that vLLM accepts (its default of 16 refuses a larger adapter)."""
+    rank = read_json(Path(adapter) / "adapter_config.json")["r"]
+    if rank > VLLM_LORA_RANKS[-1]:
+        raise SupportBenchError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; {adapter} has r={rank}")
+    return next(r for r in VLLM_LORA_RANKS if r >= rank)
 
 
 def vllm_model_args(model_path: str, adapter: str | None, config: EvalConfig) -> dict[str, Any]:
@@ -93,11 +104,8 @@ def vllm_model_args(model_path: str, adapter: str | None, config: EvalConfig) ->
         "seed": config.seed,
     }
     if adapter:
-        rank = read_json(Path(adapter) / "adapter_config.json")["r"]
-        if rank > VLLM_LORA_RANKS[-1]:
-            raise SupportBenchError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; {adapter} has r={rank}")
         args["lora_local_path"] = adapter
-        args["max_lora_rank"] = next(r for r in VLLM_LORA_RANKS if r >= rank)
+        args["max_lora_rank"] = vllm_lora_rank(Path(adapter))
     return args
 
 
@@ -232,8 +240,8 @@ def check_adapter_applied(base: dict[str, Any], tuned: dict[str, Any]) -> None:
 def _check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
     """Every eval precondition, checked before any model loads; returns the lm-eval task metadata."""
     config.validate()
-    check_backend(config)
     trained = run.require_adapter()
+    check_backend(config, run.adapter)
     ensure_writable_dir(run.path)
     metadata: dict[str, Any] = {"template": trained["template"], "data_dir": str(run.data.path)}
     leakage = check_no_leakage(run)

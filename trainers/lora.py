@@ -240,9 +240,9 @@ class LoRARecipe:
             split = ensure_data(self.run, self.data)
         if self.last_checkpoint is None and self.processes.is_main_process:
             write_json(self.run.config_path, dataclasses.asdict(config))
-        batch_note = split_accumulation(config, self.processes.num_processes)[1]
-        if batch_note and self.processes.is_main_process:
-            print(f"warning: {batch_note} (recorded in train.json)", flush=True)
+        self.accumulation, self.batch_note = split_accumulation(config, self.processes.num_processes)
+        if self.batch_note and self.processes.is_main_process:
+            print(f"warning: {self.batch_note} (recorded in train.json)", flush=True)
         self.train_rows = _subset(split.rows("train"), config.max_train_examples, config.seed)
         self.eval_rows = _subset(split.rows("validation"), config.max_eval_examples, config.seed)
         model, self.tokenizer = load_model(config.model, self.device)
@@ -293,7 +293,6 @@ class LoRARecipe:
         train_losses = [h["loss"] for h in history if "loss" in h] or [h["train_loss"] for h in history if "train_loss" in h]
         tokens = int(state.num_input_tokens_seen)
         split = run.data.manifest()["splits"]
-        accumulation, batch_note = split_accumulation(self.config, self.processes.num_processes)
         manifest = {
             "config": dataclasses.asdict(self.config),
             "template": self.template,
@@ -307,9 +306,9 @@ class LoRARecipe:
                 "world_size": self.processes.num_processes,
                 "backend": self.processes.backend,
                 "micro_batch_per_process": self.config.batch_size,
-                "gradient_accumulation_per_process": accumulation,
-                "effective_batch": self.config.batch_size * accumulation * self.processes.num_processes,
-                "effective_batch_note": batch_note,
+                "gradient_accumulation_per_process": self.accumulation,
+                "effective_batch": self.config.batch_size * self.accumulation * self.processes.num_processes,
+                "effective_batch_note": self.batch_note,
             },
             "parameters": {"trainable": int(trainable), "total": int(total), "trainable_share": round(trainable / total, 5)},
             "steps": state.global_step,
