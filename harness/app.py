@@ -86,6 +86,8 @@ def build_app(run_dir: Path, assistant: Assistant | None = None):
 
     assistant = assistant or Assistant(run_dir)
     curve = RunDir(run_dir).loss_curve
+    cap = assistant.decoding.max_new_tokens  # the run's budget: its training replies' p99 length
+    slider_max = max(512, cap)
     with gr.Blocks(title="SupportBench assistant", analytics_enabled=False) as app:
         intro = f"Base model `{assistant.model_name}` with the LoRA adapter of `{run_dir}`"
         intro += f", served by {assistant.backend.description}."
@@ -95,7 +97,7 @@ def build_app(run_dir: Path, assistant: Assistant | None = None):
             with gr.Row():
                 query = gr.Textbox(label="Your message", placeholder="Ask the support agent…", elem_id="chat-input", scale=5)
                 send = gr.Button("Send", variant="primary", elem_id="chat-send", scale=1)
-            max_tokens = gr.Slider(16, 256, value=120, step=8, label="Max reply tokens")
+            max_tokens = gr.Slider(16, slider_max, value=cap, step=8, label="Max reply tokens")
             gr.Examples(EXAMPLES, inputs=query)
             clear = gr.Button("Clear conversation")
 
@@ -108,7 +110,7 @@ def build_app(run_dir: Path, assistant: Assistant | None = None):
             clear.click(lambda: ([], ""), outputs=[chatbot, query], api_name=False)
         with gr.Tab("Base vs Fine-Tuned", id="compare"):
             compare_query = gr.Textbox(label="Customer query", elem_id="compare-input")
-            compare_tokens = gr.Slider(16, 256, value=120, step=8, label="Max reply tokens")
+            compare_tokens = gr.Slider(16, slider_max, value=cap, step=8, label="Max reply tokens")
             run_compare = gr.Button("Compare", variant="primary", elem_id="compare-run")
             with gr.Row():
                 with gr.Column():

@@ -14,6 +14,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
 from supportbench import runtime
+from supportbench.decoding import serving_decoding
 from supportbench.export import exported_format
 from supportbench.io import SupportBenchError, read_json
 from supportbench.models import load_model
@@ -58,12 +59,13 @@ class StopWhenSet(StoppingCriteria):
 class TorchBackend:
     """transformers fp32: one base model with the LoRA adapter, switched off for base answers; one request at a time."""
 
-    def __init__(self, run: RunDir, model_name: str):
+    def __init__(self, run: RunDir, model_name: str, controls: dict[str, Any]):
         from peft import PeftModel
 
         base, self.tokenizer = load_model(model_name)
         self.model = PeftModel.from_pretrained(base, run.adapter).eval()
         self.context_limit = getattr(base.config, "max_position_embeddings", None)
+        self.controls = controls
         self.lock = threading.Lock()  # the adapter switch is shared state: one generation at a time, held by the worker only
         self.description = "transformers float32 with the LoRA adapter, one request at a time"
 
@@ -81,6 +83,7 @@ class TorchBackend:
             **inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
+            **self.controls,
             streamer=streamer,
             pad_token_id=self.tokenizer.pad_token_id,
             stopping_criteria=StoppingCriteriaList([self.stop_at_text, StopWhenSet(cancel)]),
@@ -120,10 +123,13 @@ class TorchBackend:
 class ExportedBackend:
     """The run's CTranslate2 int8 export, fine-tuned and base; requests that arrive together are decoded as one batch."""
 
-    def __init__(self, run: RunDir, max_batch: int):
+    def __init__(self, run: RunDir, max_batch: int, controls: dict[str, Any]):
         tuned, self.tokenizer = runtime.load_exported(run.exported(runtime.FORMAT))
         base = runtime.load_generator(run.exported(runtime.FORMAT, "base"))
-        self.batchers = {True: runtime.DynamicBatcher(tuned, max_batch), False: runtime.DynamicBatcher(base, max_batch)}
+        self.batchers = {
+            finetuned: runtime.DynamicBatcher(generator, max_batch, controls=controls)
+            for finetuned, generator in ((True, tuned), (False, base))
+        }
         self.context_limit = read_json(run.merged / "config.json").get("max_position_embeddings")
         self.description = f"{runtime.FORMAT} (CTranslate2), concurrent requests batched up to {max_batch}"
 
@@ -154,7 +160,9 @@ class Assistant:
         exported = exported_format(run.path) if serve != "transformers" else None
         if serve == "exported" and exported is None:
             raise SupportBenchError(f"{run.path} has no exported model; run `supportbench export --run {run.path}` first")
-        self.backend = ExportedBackend(run, max_batch) if exported else TorchBackend(run, self.model_name)
+        self.decoding = serving_decoding(run)  # the run's frozen decoding: its cap is the default reply length
+        controls = self.decoding.controls()
+        self.backend = ExportedBackend(run, max_batch, controls) if exported else TorchBackend(run, self.model_name, controls)
         self.tokenizer = self.backend.tokenizer
         self.template = get_template(trained["template"])
         self.stops = self.template.stop_sequences(self.tokenizer)

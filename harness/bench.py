@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from supportbench import runtime
+from supportbench.decoding import serving_decoding
 from supportbench.device import machine_info
 from supportbench.export import exported_format, folder_mib
 from supportbench.io import SupportBenchError, read_json, write_json
@@ -63,16 +64,16 @@ def prompts_for(run: RunDir, tokenizer: Any, queries: list[str]) -> list[str]:
 class TorchReplier:
     """Greedy replies from a transformers model (base, base+LoRA or merged), timed."""
 
-    def __init__(self, model: Any, tokenizer: Any):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model: Any, tokenizer: Any, controls: dict[str, Any]):
+        self.model, self.tokenizer, self.controls = model, tokenizer, controls
 
     @torch.inference_mode()
     def timed_reply(self, prompt: str, max_new_tokens: int) -> dict[str, float]:
         """Generate one reply; return time to first token, per-token decode latency, end-to-end and CPU time."""
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
         clock, cpu = TokenClock(), time.process_time()
-        pad = self.tokenizer.pad_token_id
-        self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=clock, pad_token_id=pad)
+        options = {"do_sample": False, "pad_token_id": self.tokenizer.pad_token_id, **self.controls}
+        self.model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=clock, **options)
         return reply_timing(clock.started, clock.stamps, time.process_time() - cpu)
 
     @torch.inference_mode()
@@ -82,7 +83,7 @@ class TorchReplier:
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         started, cpu = time.perf_counter(), time.process_time()
         pad = self.tokenizer.pad_token_id
-        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, **self.controls)
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         produced = int((output[:, inputs["input_ids"].shape[1] :] != pad).sum())
         return {"tokens_per_s_batched": produced / elapsed, "cpu_s_per_reply_batched": cpu / len(prompts)}
@@ -91,31 +92,34 @@ class TorchReplier:
 class ExportedReplier:
     """Greedy replies from the exported CTranslate2 model, timed the same way."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, controls: dict[str, Any]):
         self.generator, self.tokenizer = runtime.load_exported(folder)
+        self.controls = controls
 
     def timed_reply(self, prompt: str, max_new_tokens: int) -> dict[str, float]:
         """Generate one reply; return time to first token, per-token decode latency, end-to-end and CPU time."""
         stamps: list[float] = []
         started, cpu = time.perf_counter(), time.process_time()
         tokens = runtime.prompt_tokens(self.tokenizer, prompt)
-        runtime.generate(self.generator, [tokens], max_new_tokens, lambda index, token: stamps.append(time.perf_counter()))
+        on_token = lambda index, token: stamps.append(time.perf_counter())  # noqa: E731
+        runtime.generate(self.generator, [tokens], max_new_tokens, on_token, self.controls)
         return reply_timing(started, stamps, time.process_time() - cpu)
 
     def batched(self, prompts: list[str], max_new_tokens: int) -> dict[str, float]:
         """New tokens per second, and CPU seconds, with all prompts generated as one batch."""
         started, cpu = time.perf_counter(), time.process_time()
         tokens = [runtime.prompt_tokens(self.tokenizer, p) for p in prompts]
-        produced = sum(map(len, runtime.generate(self.generator, tokens, max_new_tokens)))
+        produced = sum(map(len, runtime.generate(self.generator, tokens, max_new_tokens, controls=self.controls)))
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         return {"tokens_per_s_batched": produced / elapsed, "cpu_s_per_reply_batched": cpu / len(prompts)}
 
 
 def load_replier(run: RunDir, variant: str) -> TorchReplier | ExportedReplier:
-    """The timed replier of one bench variant."""
+    """The timed replier of one bench variant, decoding with the run's frozen repetition controls."""
+    controls = serving_decoding(run).controls()
     if variant == EXPORTED:
-        return ExportedReplier(run.exported(runtime.FORMAT))
-    return TorchReplier(*run.load_variant(variant))
+        return ExportedReplier(run.exported(runtime.FORMAT), controls)
+    return TorchReplier(*run.load_variant(variant), controls)
 
 
 def bench_variants(run: RunDir) -> tuple[str, ...]:
@@ -256,13 +260,15 @@ def eval_speedup(run_dir: Path, examples: int) -> dict[str, Any]:
 SERVING_ARMS = (("transformers", 1), ("exported", 1), ("exported", 8))  # (backend, max batch)
 
 
-def serving_load(run_dir: Path, users: tuple[int, ...] = (1, 8, 16), max_new_tokens: int = 64) -> dict[str, Any]:
-    """The app's assistant under concurrent users, per serving arm, in one process: aggregate tokens/s, reply p50/p95."""
+def serving_load(run_dir: Path, users: tuple[int, ...] = (1, 8, 16), max_new_tokens: int | None = None) -> dict[str, Any]:
+    """The app's assistant under concurrent users, per serving arm, in one process: aggregate tokens/s, reply p50/p95;
+    replies are capped at max_new_tokens (none: the run's reply budget, as in the app)."""
     import threading
 
     from supportbench.assistant import Assistant
 
     run = RunDir(Path(run_dir))
+    max_new_tokens = max_new_tokens or serving_decoding(run).max_new_tokens
     queries = bench_queries(run, max(users))
     arms = []
     for backend, max_batch in SERVING_ARMS:

@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from supportbench.config import DEFAULT_PRESET, DataConfig, EvalConfig, RankConfig, TrainConfig, preset_names
+from supportbench.config import DEFAULT_PRESET, DataConfig, EvalConfig, RankConfig, SweepConfig, TrainConfig, preset_names
 from supportbench.io import SupportBenchError
 from supportbench.runtime import FORMAT
 
@@ -254,6 +254,19 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    """Search LoRA settings with Optuna under a time budget; write the table, Pareto chart and best preset."""
+    from supportbench.sweep import SweepDir, sweep
+
+    summary = sweep(SweepConfig(**config_values(SweepConfig, args)), Path(args.out))
+    folder = SweepDir(Path(args.out))
+    print(folder.table.read_text(encoding="utf-8"))
+    print(", ".join(f"{n} {state}" for state, n in summary["states"].items()))
+    for path in (folder.table, folder.chart, folder.best_preset, folder.summary, folder.study):
+        if path.is_file():
+            print(f"wrote {path}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     """Merge the adapter and write deployable models into RUN/export/."""
     from supportbench.export import export_run
@@ -407,6 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="train nothing: build the leaderboard of --models from their finished `--only` jobs",
     )
     add_config_options(p, RankConfig)
+
+    p = stage(
+        "sweep",
+        cmd_sweep,
+        "search LoRA settings with Optuna under a time budget, scored on validation ROUGE-L",
+        "Sample base model, learning rate, LoRA rank and targets, training examples, epochs and max length with "
+        "Optuna (TPE, two objectives: validation ROUGE-L up, training minutes down). Each trial trains a run folder "
+        "and scores the validation split as eval does. Writes study.db (every trial, failed and timed-out ones "
+        "included; running the command again continues the study), trials.md, pareto.png, best.yaml (a preset "
+        "file for `train --config`) and sweep.json into --out.",
+    )
+    p.add_argument("--out", required=True, help="sweep folder")
+    add_config_options(p, SweepConfig)
 
     p = stage(
         "export",

@@ -186,7 +186,18 @@ class EvalConfig:
     ppl_limit: int | None = option(None, "perplexity examples (none: the whole split)")
     gen_batch_size: int = option(32, "generation batch, left-padded; decoding is memory-bound, wide batches cost little")
     ppl_batch_size: int = option(8, "perplexity batch; scoring holds batch x length x vocabulary logits")
-    max_new_tokens: int = option(100, "new-token cap per reply")
+    max_new_tokens: int | None = option(
+        None, "new-token cap per reply (none: the run's frozen decoding, else its training replies' p99 length)"
+    )
+    repetition_penalty: float | None = option(
+        None, "generation repetition penalty, 1 for none (none: the run's frozen decoding, chosen on validation)"
+    )
+    no_repeat_ngram_size: int | None = option(
+        None, "never repeat an n-gram of this size, 0 for none (none: the run's frozen decoding, chosen on validation)"
+    )
+    validation_limit: int = option(
+        32, "validation examples generated per candidate decoding, when the run has no frozen decoding yet"
+    )
     base_model: str | None = option(
         None, "score another base model (alias, hub id or folder) alone on the run's split", flag="--model"
     )
@@ -211,7 +222,10 @@ class EvalConfig:
                 "ppl_limit": self.ppl_limit is None or self.ppl_limit > 0,
                 "gen_batch_size": self.gen_batch_size > 0,
                 "ppl_batch_size": self.ppl_batch_size > 0,
-                "max_new_tokens": self.max_new_tokens > 0,
+                "max_new_tokens": self.max_new_tokens is None or self.max_new_tokens > 0,
+                "repetition_penalty": self.repetition_penalty is None or self.repetition_penalty > 0,
+                "no_repeat_ngram_size": self.no_repeat_ngram_size is None or self.no_repeat_ngram_size >= 0,
+                "validation_limit": self.validation_limit > 0,
                 "backend": self.backend in ("hf", "vllm"),
                 "tensor_parallel_size": self.tensor_parallel_size == 1 or vllm and self.tensor_parallel_size > 1,
                 "data_parallel_size": self.data_parallel_size == 1 or vllm and self.data_parallel_size > 1,
@@ -247,6 +261,45 @@ class RankConfig:
                 "max_steps": self.max_steps is None or self.max_steps > 0,
             },
             "rank config",
+        )
+
+
+@dataclass
+class SweepConfig:
+    """An Optuna search over LoRA settings under a wall-clock budget, scored on validation ROUGE-L."""
+
+    models: tuple[str, ...] = option(
+        ("smollm2-135m", "gemma3-270m"), "comma-separated base models the search chooses from", parse=comma_list
+    )
+    preset: str = option(DEFAULT_PRESET, "preset whose other settings every trial keeps", choices=preset_names)
+    budget_min: float = option(30.0, "wall-clock minutes for the whole sweep; a trial still training then is stopped")
+    trials: int = option(20, "trials to start (fewer when the budget runs out first)")
+    min_examples: int = option(120, "fewest training examples a trial may sample")
+    max_examples: int = option(1200, "most training examples a trial may sample")
+    max_epochs: int = option(2, "most epochs a trial may sample")
+    validation_limit: int = option(32, "validation examples each trial generates and scores")
+    seed: int = option(42, "sampler seed")
+    data: str | None = option(
+        None,
+        f"a folder written by `supportbench prepare`, or data to prepare once for every trial (default: ${DATA_ENV}, "
+        "else the hub)",
+    )
+
+    def validate(self) -> None:
+        """Reject an empty model list, an unknown preset and ranges that make no sense."""
+        _check(
+            self,
+            {
+                "models": bool(self.models),
+                "preset": self.preset in preset_names(),
+                "budget_min": self.budget_min > 0,
+                "trials": self.trials > 0,
+                "min_examples": self.min_examples > 0,
+                "max_examples": self.max_examples >= self.min_examples,
+                "max_epochs": self.max_epochs >= 1,
+                "validation_limit": self.validation_limit > 0,
+            },
+            "sweep config",
         )
 
 

@@ -19,6 +19,7 @@ from supportbench.bench import (
     prompts_for,
     summarize_replies,
 )
+from supportbench.decoding import serving_decoding
 from supportbench.device import peak_memory, reset_peak_memory
 from supportbench.models import resolve
 from supportbench.run import RunDir
@@ -26,7 +27,7 @@ from supportbench.run import RunDir
 RUN = RunDir(Path(os.environ.get("SUPPORTBENCH_BENCH_RUN", ".")))
 QUICK = os.environ.get("SUPPORTBENCH_BENCH_QUICK") == "1"
 QUERIES = 3 if QUICK else 8
-MAX_NEW_TOKENS = 16 if QUICK else 64
+MAX_NEW_TOKENS = 16 if QUICK else serving_decoding(RUN).max_new_tokens  # the run's reply budget, as the app uses it
 
 
 VARIANTS = bench_variants(RUN)

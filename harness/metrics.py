@@ -30,6 +30,7 @@ METRICS = {
     "runon": Metric("run-on share", False, GEN_TASK),
     "placeholder_leak": Metric("placeholder leak share", False, GEN_TASK),
     "response_words": Metric("mean reply words", True, GEN_TASK),
+    "at_cap": Metric("share of replies at the token cap", False, GEN_TASK),
     "perplexity": Metric("perplexity (reply tokens)", False, PPL_TASK),
     "perplexity_fulltext": Metric("perplexity (full text, notebook's)", False, PPL_TASK),
 }

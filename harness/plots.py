@@ -1,4 +1,4 @@
-"""Charts as PNG bytes: the training loss curve and the leaderboard's quality-against-latency scatter."""
+"""Charts as PNG bytes: the training loss curve, the leaderboard's quality-against-latency scatter, the sweep's front."""
 
 from __future__ import annotations
 
@@ -66,3 +66,20 @@ def forest_png(rows: list[tuple[str, float, float, float, bool]], xlabel: str) -
         ax.set_xlabel(xlabel)
 
     return figure_png(draw, (6, 1.2 + 0.22 * len(rows)))
+
+
+def pareto_png(points: list[tuple[int, float, float, bool]]) -> bytes:
+    """Validation ROUGE-L against training minutes, one labelled point per (trial, minutes, ROUGE-L, on the front)."""
+
+    def draw(ax: Any) -> None:
+        front = sorted((m, q) for _, m, q, on_front in points if on_front)
+        if front:
+            ax.step(*zip(*front, strict=True), where="post", color="tab:red", alpha=0.6, label="Pareto front")
+            ax.legend()
+        for trial, minutes, quality, on_front in points:
+            ax.scatter(minutes, quality, color="tab:red" if on_front else "tab:blue", alpha=0.7)
+            ax.annotate(str(trial), (minutes, quality), fontsize=8)
+        ax.set_xlabel("training minutes (this machine)")
+        ax.set_ylabel("validation ROUGE-L")
+
+    return figure_png(draw, (6, 3.6))

@@ -86,6 +86,7 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints", doc="Trainer checkpoints for --resume.")
     manifest_path = property(lambda self: self.path / "train.json", doc="The finished run's manifest.")
     config_path = property(lambda self: self.path / "train_config.json", doc="The config of a started run.")
+    decoding = property(lambda self: self.path / "decoding.json", doc="Decoding chosen on validation, frozen for every stage.")
     loss_history = property(lambda self: self.path / "loss_history.json", doc="The Trainer's log history.")
     loss_curve = property(lambda self: self.path / "loss_curve.png", doc="Train and validation loss plot.")
     eval = property(lambda self: EvalDir(self.path / "eval"), doc="Base vs fine-tuned on the held-out split.")

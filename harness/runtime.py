@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from supportbench.decoding import CONTROLS
 from supportbench.io import SupportBenchError
 
 FORMAT = "ctranslate2-int8"
@@ -86,11 +87,18 @@ def generate(
     prompts: list[list[str]],
     max_new_tokens: int,
     on_token: Callable[[int, int], bool] | None = None,
+    controls: dict[str, Any] | None = None,
 ) -> list[list[int]]:
-    """Greedy new token ids for a batch of tokenized prompts; on_token(batch index, token id) returning True ends that row."""
+    """Greedy new token ids for a batch of tokenized prompts, with the decoding's repetition controls (CTranslate2 names
+    them as transformers does); on_token(batch index, token id) returning True ends that row."""
     callback = None if on_token is None else (lambda step: on_token(step.batch_id, step.token_id))
     results = generator.generate_batch(
-        prompts, max_length=max_new_tokens, sampling_topk=1, include_prompt_in_result=False, callback=callback
+        prompts,
+        max_length=max_new_tokens,
+        sampling_topk=1,
+        include_prompt_in_result=False,
+        callback=callback,
+        **(controls or {}),
     )
     return [result.sequences_ids[0] for result in results]
 
@@ -113,8 +121,8 @@ class DynamicBatcher:
     stops on its own cap or cancel flag, without stopping the others.
     """
 
-    def __init__(self, generator: Any, max_batch: int = 8, gather_s: float = 0.02):
-        self.generator, self.max_batch, self.gather_s = generator, max_batch, gather_s
+    def __init__(self, generator: Any, max_batch: int = 8, gather_s: float = 0.02, controls: dict[str, Any] | None = None):
+        self.generator, self.max_batch, self.gather_s, self.controls = generator, max_batch, gather_s, controls
         self.pending: queue.Queue[Request] = queue.Queue()
         self.batch_sizes: list[int] = []  # one entry per generate call, for the load test and the bench
         threading.Thread(target=self._serve, name="supportbench-batcher", daemon=True).start()
@@ -157,7 +165,7 @@ class DynamicBatcher:
             return request.cancel.is_set() or request.produced >= request.max_new_tokens
 
         try:
-            generate(self.generator, [r.tokens for r in live], max(r.max_new_tokens for r in live), on_token)
+            generate(self.generator, [r.tokens for r in live], max(r.max_new_tokens for r in live), on_token, self.controls)
         except Exception as err:  # noqa: BLE001 - handed to every waiting consumer
             for request in live:
                 request.out.put(err)
@@ -180,7 +188,8 @@ def exported_lm(folder: Path, batch_size: int) -> Any:
             for start in range(0, len(requests), batch_size):
                 chunk = [r.args for r in requests[start : start + batch_size]]
                 prompts = [prompt_tokens(self.tokenizer, context) for context, _ in chunk]
-                ids = generate(self.generator, prompts, max(kwargs["max_gen_toks"] for _, kwargs in chunk))
+                controls = {k: v for k, v in chunk[0][1].items() if k in CONTROLS}  # one eval decodes every request alike
+                ids = generate(self.generator, prompts, max(kwargs["max_gen_toks"] for _, kwargs in chunk), controls=controls)
                 for (_, kwargs), new in zip(chunk, ids, strict=True):
                     text = self.tokenizer.decode(new[: kwargs["max_gen_toks"]], skip_special_tokens=False)
                     cuts = [i for stop in kwargs.get("until") or [] if (i := text.find(stop)) >= 0]

@@ -20,6 +20,7 @@ from supportbench.tasks import include_path
 
 SCORING_CODE = ("scoring.py", "metrics.py", "templates.py")  # beside this module: the code that shapes a score
 VERSIONED = ("lm_eval", "transformers", "torch", "peft")
+NOT_BASE_SETTINGS = ("base_model", "twcs", "validation_limit")  # what the base model's test scores never depend on
 PARALLELISM = ("tensor_parallel_size", "data_parallel_size")  # how the work is spread, never what it scores
 
 
@@ -55,7 +56,7 @@ def base_score_key(model: str, metadata: dict[str, Any], config: EvalConfig) -> 
         "data": metadata.get("sha256") or sha256_file(Path(metadata["twcs"])),
         "task": _folder_digest(include_path() / "customer_support"),
         "code": {name: sha256_file(code / name) for name in SCORING_CODE},
-        "settings": {k: v for k, v in asdict(config).items() if k not in ("base_model", "twcs", *PARALLELISM)},
+        "settings": {k: v for k, v in asdict(config).items() if k not in (*NOT_BASE_SETTINGS, *PARALLELISM)},
         "versions": {name: importlib.metadata.version(name) for name in VERSIONED},
     }
     return hashlib.sha256(_canonical(parts)).hexdigest()

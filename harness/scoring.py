@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from supportbench.config import EvalConfig
 from supportbench.data import instruction_hash, load_twcs_pairs
+from supportbench.decoding import MAX_AT_CAP_SHARE, Decoding, candidates, frozen, pick, run_budget
 from supportbench.device import pick_device, process_state
 from supportbench.export import exported_format
 from supportbench.io import (
@@ -32,7 +32,7 @@ from supportbench.models import model_path, resolve
 from supportbench.plots import forest_png
 from supportbench.run import RunDir
 from supportbench.score_cache import base_score_key, load_scores, store_scores
-from supportbench.stats import eval_statistics, paired_difference
+from supportbench.stats import eval_statistics, mean_interval, paired_difference
 from supportbench.tasks import include_path
 from supportbench.templates import cut_at_stops
 
@@ -128,55 +128,93 @@ def load_lm(model_path: str, adapter: str | None, config: EvalConfig) -> Any:
     return lm
 
 
-def score_model(model_path: str, adapter: str | None, metadata: dict[str, Any], config: EvalConfig) -> dict[str, Any] | None:
-    """Run generation (limited) and perplexity (whole split unless ppl_limit) for one model through lm-eval; None in
-    every launched process but the main one, which gathers the results."""
+def score_model(
+    model_path: str, adapter: str | None, metadata: dict[str, Any], config: EvalConfig, greedy_reference: bool = False
+) -> dict[str, Any] | None:
+    """Run generation (limited) and perplexity (whole split unless ppl_limit) for one model through lm-eval, and with
+    greedy_reference the notebook's plain greedy generation too; None in every launched process but the main one,
+    which gathers the results."""
     from lm_eval import simple_evaluate
 
     started = time.perf_counter()
     lm = load_lm(model_path, adapter, config)
     load_s = time.perf_counter() - started
-    common = _evaluate_kwargs(lm, model_path, metadata, config)
-    t0 = time.perf_counter()
-    gen = simple_evaluate(tasks=[GEN_TASK], limit=config.limit, **common)
+    gen = generation_scores(lm, model_path, metadata, config, config.limit)
+    reference = None
+    if greedy_reference:
+        reference = generation_scores(lm, model_path, metadata, with_decoding(config, plain_greedy(config)), config.limit)
     t1 = time.perf_counter()
     if config.backend == "hf":
         lm.batch_size_per_gpu = config.ppl_batch_size  # HFLM has one batch size; scoring wants a narrower one
-    ppl = simple_evaluate(tasks=[PPL_TASK], limit=config.ppl_limit, **common)
+    ppl = simple_evaluate(tasks=[PPL_TASK], limit=config.ppl_limit, **_evaluate_kwargs(lm, model_path, metadata, config))
     t2 = time.perf_counter()
     if gen is None:
         return None
-    gen_results = gen["results"][GEN_TASK]
-    generated, scored = (
-        sorted(run["samples"][task], key=lambda s: s["doc_id"]) for run, task in ((gen, GEN_TASK), (ppl, PPL_TASK))
-    )
+    generated = gen["samples"]
+    scored = sorted(ppl["samples"][PPL_TASK], key=lambda s: s["doc_id"])
     budget = lm.max_length - config.max_new_tokens
     truncated = sum(s["doc"]["prompt_tokens"] > budget for s in generated)
-    capped = replies_at_cap(generated, lm.tok_encode, config.max_new_tokens)
-    results = {GEN_TASK: gen_results, PPL_TASK: ppl["results"][PPL_TASK]}
     return {
-        "metrics": {name: _metric(results[metric.task], name) for name, metric in METRICS.items()},
+        "metrics": {**gen["metrics"], **{m: _metric(ppl["results"][PPL_TASK], m) for m in task_metrics(PPL_TASK)}},
         "n": {
             "generation": len(generated),
             "perplexity": len(scored),
             "prompts_left_truncated": truncated,
             "context_budget_tokens": budget,
-            "replies_at_token_cap": capped,
         },
-        "timing_s": {"load": round(load_s, 2), "generation": round(t1 - t0, 1), "perplexity": round(t2 - t1, 1)},
+        "timing_s": {"load": round(load_s, 2), "generation": gen["seconds"], "perplexity": round(t2 - t1, 1)},
         "samples": [_example(s) for s in generated],  # in the split's order, however many processes scored them
         "perplexity_items": {s["doc"]["id"]: list(s["perplexity"]) for s in scored},
+        "greedy_reference": reference and {"decoding": asdict(plain_greedy(config)), "metrics": reference["metrics"]},
+        "lm_eval_config": gen["lm_eval_config"],
+    }
+
+
+def task_metrics(task: str) -> list[str]:
+    """The metrics one of our lm-eval tasks reports."""
+    return [name for name, metric in METRICS.items() if metric.task == task]
+
+
+def generation_scores(
+    lm: Any, tokenizer_path: str, metadata: dict[str, Any], config: EvalConfig, limit: int | None
+) -> dict[str, Any] | None:
+    """Generate and score `limit` replies of the task's split with the config's decoding; None in every launched
+    process but the main one."""
+    from lm_eval import simple_evaluate
+
+    started = time.perf_counter()
+    gen = simple_evaluate(tasks=[GEN_TASK], limit=limit, **_evaluate_kwargs(lm, tokenizer_path, metadata, config))
+    if gen is None:
+        return None
+    return {
+        "metrics": {m: _metric(gen["results"][GEN_TASK], m) for m in task_metrics(GEN_TASK)},
+        "samples": sorted(gen["samples"][GEN_TASK], key=lambda s: s["doc_id"]),
+        "seconds": round(time.perf_counter() - started, 1),
         "lm_eval_config": gen["config"],
     }
 
 
+def config_decoding(config: EvalConfig) -> Decoding:
+    """The decoding a resolved eval config generates with."""
+    return Decoding(config.max_new_tokens, config.repetition_penalty, config.no_repeat_ngram_size)
+
+
+def plain_greedy(config: EvalConfig) -> Decoding:
+    """The notebook's decoding at the config's cap: greedy, no repetition controls."""
+    return Decoding(config.max_new_tokens)
+
+
+def with_decoding(config: EvalConfig, decoding: Decoding) -> EvalConfig:
+    """The config with every decoding setting filled in."""
+    return dataclasses.replace(config, **asdict(decoding))
+
+
 def _evaluate_kwargs(lm: Any, tokenizer_path: str, metadata: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
-    """simple_evaluate's arguments shared by every model scored: our tasks, seeds, samples kept, the token cap."""
+    """simple_evaluate's arguments shared by every model scored: our tasks, seeds, samples kept, the decoding."""
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(
-        include_path=str(include_path()), include_defaults=False, metadata={**metadata, "tokenizer": tokenizer_path}
-    )
+    task_metadata = {**metadata, "tokenizer": tokenizer_path, "max_new_tokens": config.max_new_tokens}
+    manager = TaskManager(include_path=str(include_path()), include_defaults=False, metadata=task_metadata)
     return {
         "model": lm,
         "task_manager": manager,
@@ -185,13 +223,52 @@ def _evaluate_kwargs(lm: Any, tokenizer_path: str, metadata: dict[str, Any], con
         "random_seed": config.seed,
         "numpy_random_seed": config.seed,
         "torch_random_seed": config.seed,
-        "gen_kwargs": {"max_gen_toks": config.max_new_tokens},
+        "gen_kwargs": {"max_gen_toks": config.max_new_tokens, **config_decoding(config).controls()},
     }
 
 
-def replies_at_cap(samples: list[dict[str, Any]], tokenize: Callable[[str], list[Any]], cap: int) -> int:
-    """Generated replies that used the whole token budget (within one token: a final end-of-turn may be dropped)."""
-    return sum(len(tokenize(_raw(s))) >= cap - 1 for s in samples)
+def validation_metadata(run: RunDir) -> dict[str, Any]:
+    """lm-eval task metadata that scores the run's validation split in its template."""
+    split = run.data
+    return {
+        "template": run.trained()["template"],
+        "data_dir": str(split.path),
+        "split": "validation",
+        "sha256": split.manifest()["splits"]["validation"]["sha256"],
+    }
+
+
+def choose_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> Decoding:
+    """Generate the validation split's first examples with the fine-tuned model under each candidate decoding, pick
+    one (decoding.pick) and freeze it in the run (decoding.json, main process); every process returns the choice."""
+    trained = run.trained()
+    path = model_path(trained["config"]["model"])
+    cap = config.max_new_tokens or run_budget(run)
+    validation = {**metadata, **validation_metadata(run)}
+    tried = candidates(cap, ngram_controls=config.backend == "hf")
+    lm = load_lm(path, str(run.adapter), with_decoding(config, tried[0]))
+    scored = []
+    for candidate in tried:
+        result = generation_scores(lm, path, validation, with_decoding(config, candidate), config.validation_limit)
+        if result is not None:
+            rouge_l = mean_interval([s["rougeL"] for s in result["samples"]], config.seed)
+            scored.append({"decoding": asdict(candidate), **result["metrics"], "rougeL": rouge_l, "seconds": result["seconds"]})
+    processes = process_state()
+    if processes.is_main_process:
+        choice = pick(scored)
+        write_json(
+            run.decoding,
+            {
+                "chosen": asdict(choice),
+                "label": choice.label(),
+                "rule": f"best validation ROUGE-L among candidates with at most {MAX_AT_CAP_SHARE:.0%} of replies at the cap",
+                "budget": trained.get("reply_tokens"),
+                "validation_examples": config.validation_limit,
+                "candidates": scored,
+            },
+        )
+    processes.wait_for_everyone()
+    return frozen(run)
 
 
 def _raw(sample: dict[str, Any]) -> str:
@@ -253,6 +330,18 @@ def _check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
     return {"metadata": metadata, "leakage": leakage, "trained": trained}
 
 
+def resolve_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> tuple[EvalConfig, str]:
+    """The config with its decoding filled in: the flags given, else the run's frozen decoding, else one chosen on the
+    validation split now (and frozen); with where it came from."""
+    flags = {k: v for k, v in asdict(config).items() if k in Decoding.__dataclass_fields__ and v is not None}
+    if len(flags) == len(Decoding.__dataclass_fields__):
+        return config, "command line"
+    chosen, source = frozen(run), f"frozen in {run.decoding.name}"
+    if chosen is None:
+        chosen, source = choose_decoding(run, config, metadata), f"chosen on validation now, frozen in {run.decoding.name}"
+    return with_decoding(config, dataclasses.replace(chosen, **flags)), source
+
+
 def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
     """Score base and base+adapter on the run's held-out split and write eval/ into the run folder; None in every
     launched process but the main one."""
@@ -260,6 +349,7 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
     checked = _check_before_work(run, config)
     metadata, trained = checked["metadata"], checked["trained"]
     base_name = trained["config"]["model"]
+    config, decoding_source = resolve_decoding(run, config, metadata)
     if config.base_model and config.base_model != base_name:
         return score_other_base(run, config, metadata)
     path = model_path(base_name)
@@ -270,7 +360,8 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
         base = score_model(path, None, metadata, config)
         if base is not None:
             store_scores(key, base)
-    tuned = score_model(path, str(run.adapter), metadata, config)
+    decoding = config_decoding(config)
+    tuned = score_model(path, str(run.adapter), metadata, config, greedy_reference=not decoding.is_plain_greedy)
     if base is None or tuned is None:
         return None
     check_adapter_applied(base, tuned)
@@ -296,7 +387,9 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
         "leakage_check": checked["leakage"],
         "n": {"base": base["n"], "finetuned": tuned["n"]},
         "caps": {"generation_limit": config.limit, "perplexity_limit": config.ppl_limit, "max_new_tokens": config.max_new_tokens},
+        "decoding": {**asdict(decoding), "label": decoding.label(), "source": decoding_source},
         "metrics": {"base": base["metrics"], "finetuned": tuned["metrics"]},
+        "greedy_reference": tuned["greedy_reference"],  # the fine-tuned model decoded as the notebook did, when that differs
         "delta_pct": {m: delta_pct(base["metrics"][m], tuned["metrics"][m]) for m in base["metrics"]},
         "timing_s": {"base": base["timing_s"], "finetuned": tuned["timing_s"]},
         "base_scores": {"from_cache": base_from_cache, "key": key},
@@ -341,8 +434,6 @@ def score_other_base(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) 
 
 def score_exported(run_dir: Path) -> dict[str, Any]:
     """Score the exported fine-tuned model with the settings of the run's fp32 eval, paired with it example by example."""
-    from lm_eval import simple_evaluate
-
     from supportbench import runtime
 
     run = RunDir(Path(run_dir))
@@ -361,27 +452,24 @@ def score_exported(run_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     lm = runtime.exported_lm(folder, config.gen_batch_size)
     load_s = time.perf_counter() - started
-    gen = simple_evaluate(tasks=[GEN_TASK], limit=config.limit, **_evaluate_kwargs(lm, str(folder), checked["metadata"], config))
-    seconds = time.perf_counter() - started - load_s
-    samples = [_example(s) for s in gen["samples"][GEN_TASK]]
+    gen = generation_scores(lm, str(folder), checked["metadata"], config, config.limit)
+    samples = [_example(s) for s in gen["samples"]]
     reference = {s["id"]: s for s in read_jsonl(run.eval.samples)}
     if set(reference) != {s["id"] for s in samples}:
         raise SupportBenchError(f"the exported eval scored other examples than {run.eval.samples}; refusing to pair them")
     fp32_rouge = [reference[s["id"]]["finetuned_rougeL"] for s in samples]
-    capped = replies_at_cap(gen["samples"][GEN_TASK], partial(runtime.prompt_tokens, lm.tokenizer), config.max_new_tokens)
     summary = {
         "format": runtime.FORMAT,
         "path": str(folder),
         "n": len(samples),
         "metrics": {
-            "exported": {m: _metric(gen["results"][GEN_TASK], m) for m, spec in METRICS.items() if spec.task == GEN_TASK},
-            "fp32": {m: v for m, v in fp32["metrics"]["finetuned"].items() if METRICS[m].task == GEN_TASK},
+            "exported": gen["metrics"],
+            "fp32": {m: fp32["metrics"]["finetuned"][m] for m in task_metrics(GEN_TASK)},
         },
         "rougeL_difference": paired_difference(fp32_rouge, [s["rougeL"] for s in samples], config.seed),
         "identical_replies": sum(reference[s["id"]]["finetuned"] == s["reply"] for s in samples),
-        "replies_at_token_cap": capped,
         "config": asdict(config),
-        "timing_s": {"load": round(load_s, 2), "generation": round(seconds, 1)},
+        "timing_s": {"load": round(load_s, 2), "generation": gen["seconds"]},
     }
     write_jsonl(run.exported_eval.samples, samples)
     write_json(run.exported_eval.metrics, summary)
@@ -400,8 +488,14 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
     tuned, delta = summary["metrics"]["finetuned"], summary["delta_pct"]
     if summary["base_scores"]["from_cache"]:
         header += " (base scores reused from the cache)"
-    lines = [header, f"{'metric':<22}{'base':>10}{'fine-tuned':>12}{'change':>10}"]
+    decoding = summary["decoding"]
+    lines = [header, f"decoding: {decoding['label']} ({decoding['source']})"]
+    lines.append(f"{'metric':<22}{'base':>10}{'fine-tuned':>12}{'change':>10}")
     for metric in base:
         change = "n/a" if delta[metric] is None else f"{delta[metric]:+.1f}%"
         lines.append(f"{metric:<22}{base[metric]:>10.4f}{tuned[metric]:>12.4f}{change:>10}")
+    if summary["greedy_reference"]:
+        greedy = summary["greedy_reference"]["metrics"]
+        shown = ", ".join(f"{m} {greedy[m]:.4f}" for m in ("rougeL", "bleu", "at_cap", "runon"))
+        lines.append(f"fine-tuned, plain greedy as the notebook decoded (reference): {shown}")
     return lines

@@ -64,7 +64,8 @@ def small_split(tmp_path: Path, out: Path, rows: list[dict[str, str]] | None = N
 
 def trained_copy(run: Path, dest: Path, *ignore: str) -> Path:
     """A copy of a trained run without what later stages (other tests included) wrote into it."""
-    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("eval", "bench", "report.*", "comparison.*", *ignore))
+    later = ("eval", "bench", "decoding.json", "report.*", "comparison.*")
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns(*later, *ignore))
     return dest
 
 

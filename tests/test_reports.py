@@ -44,8 +44,13 @@ def test_training_throughput_benchmark_measures_every_arm(tiny_run, tiny_model_d
     run = RunDir(tmp_path / "run")
     shutil.copytree(tiny_run, run.path)
     result = run_benchmark(run, tiny_config(tiny_model_dir, batch_size=2), steps=1)
-    assert [arm["arm"] for arm in result["arms"]] == ["notebook", "no_checkpointing", "length_grouped", "ours"]
+    arms = ["notebook", "no_checkpointing", "length_grouped", "prompt_completion", "completion_logits"]
+    assert [arm["arm"] for arm in result["arms"]] == arms
     assert all(arm["examples"] == EFFECTIVE_BATCH and arm["tokens_per_s"] > 0 for arm in result["arms"])
+    assert result["matmul_limit"]["gflops"] > 0 and result["flops_per_token"] > 0
+    for arm in result["arms"]:  # tokens/s x matmul work per token over the limit measured in the same run
+        expected = arm["tokens_per_s"] * result["flops_per_token"] / result["matmul_limit"]["flops_per_s"]
+        assert arm["matmul_limit_share"] == pytest.approx(expected, abs=1e-4)
     assert result["ratio_tokens_per_s"] == round(result["arms"][-1]["tokens_per_s"] / result["arms"][0]["tokens_per_s"], 2)
 
 

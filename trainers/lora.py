@@ -13,6 +13,7 @@ from typing import Any
 
 from supportbench.config import DataConfig, TrainConfig, resolve_source
 from supportbench.data import prepare
+from supportbench.decoding import reply_budget
 from supportbench.device import DeviceChoice, machine_info, peak_memory, pick_device, process_state
 from supportbench.io import SupportBenchError, atomic_write_bytes, ensure_writable_dir, read_json, staged_dir, write_json
 from supportbench.launch import world_size
@@ -31,6 +32,7 @@ class SpeedKnobs:
     gradient_checkpointing: bool = False  # CPU RAM is plentiful for these models; recomputation only costs time
     group_by_length: bool = True
     max_length: int = 1024
+    completion_logits_only: bool = True  # the LM head runs from the first trained position only (see train_throughput)
 
 
 def ensure_data(run: RunDir, data: str | None) -> SplitDir:
@@ -56,6 +58,55 @@ def build_examples(rows: list[dict[str, Any]], template_name: str, tokenizer: An
 def token_lengths(examples: list[dict[str, str]], tokenizer: Any) -> list[int]:
     """Tokens per example (prompt plus completion)."""
     return [len(ids) for ids in tokenizer([e["prompt"] + e["completion"] for e in examples])["input_ids"]]
+
+
+def reply_token_lengths(examples: list[dict[str, str]], tokenizer: Any) -> list[int]:
+    """Tokens the model must generate per example: the completion with its end-of-turn token (TRL appends the EOS
+    token to a completion that does not end with it)."""
+    eos = tokenizer.eos_token or ""
+    completions = [e["completion"] if e["completion"].endswith(eos) else e["completion"] + eos for e in examples]
+    return [len(ids) for ids in tokenizer(completions, add_special_tokens=False)["input_ids"]]
+
+
+def check_turn_end(dataset: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
+    """Check that every tokenized training example that fits max_length ends its trained tokens with the EOS token,
+    so the model learns to end its turn; examples cut at max_length lose it and are counted."""
+    ends = [(len(ids) < max_length, labels[-1]) for ids, labels in zip(dataset["input_ids"], dataset["labels"], strict=True)]
+    missing = sum(fits and last != tokenizer.eos_token_id for fits, last in ends)
+    if missing:
+        raise SupportBenchError(
+            f"{missing} training examples do not end their completion with the end-of-turn token "
+            f"{tokenizer.eos_token!r}: the model would not learn to stop; check the template and tokenizer"
+        )
+    fitting = sum(fits for fits, _ in ends)
+    return {"token": tokenizer.eos_token, "examples_ending_with_it": fitting, "cut_at_max_length": len(ends) - fitting}
+
+
+def completion_logits_trainer(base: type) -> type:
+    """`base` (TRL's SFTTrainer) with a loss whose LM head runs only from the batch's first trained position: the
+    prompt positions before it need no logits. The loss equals TRL's (summed token NLL over the same count)."""
+    import torch.nn.functional as F
+
+    class CompletionLogitsTrainer(base):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            targets = inputs["labels"][:, 1:]
+            trained = (targets != -100).any(dim=0).nonzero()
+            first = int(trained[0]) if len(trained) else targets.size(1) - 1
+            outputs = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                use_cache=False,
+                logits_to_keep=targets.size(1) + 1 - first,  # hidden positions first .. end
+            )
+            targets = targets[:, first:]
+            logits = outputs.logits[:, :-1]  # the last position predicts nothing
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum().clamp(min=1))
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as TRL: the count spans every process, DDP averages
+            return (loss, outputs) if return_outputs else loss
+
+    return CompletionLogitsTrainer
 
 
 def choose_max_length(lengths: list[int], q: float) -> tuple[int, dict[str, Any]]:
@@ -165,7 +216,8 @@ def make_trainer(
         target_modules=config.lora_targets,
         task_type="CAUSAL_LM",
     )
-    return SFTTrainer(
+    trainer_class = completion_logits_trainer(SFTTrainer) if knobs.completion_logits_only else SFTTrainer
+    return trainer_class(
         model=model,
         args=args,
         processing_class=tokenizer,
@@ -246,7 +298,9 @@ class LoRARecipe:
         self.train_rows = _subset(split.rows("train"), config.max_train_examples, config.seed)
         self.eval_rows = _subset(split.rows("validation"), config.max_eval_examples, config.seed)
         model, self.tokenizer = load_model(config.model, self.device)
-        lengths = token_lengths(build_examples(self.train_rows, self.template, self.tokenizer), self.tokenizer)
+        examples = build_examples(self.train_rows, self.template, self.tokenizer)
+        lengths = token_lengths(examples, self.tokenizer)
+        self.reply_tokens = reply_budget(reply_token_lengths(examples, self.tokenizer))
         max_length, self.length_stats = choose_max_length(lengths, config.max_length_percentile)
         if config.max_length:
             max_length, self.length_stats["max_length"] = config.max_length, config.max_length
@@ -264,6 +318,7 @@ class LoRARecipe:
             callbacks=[self.progress],
         )
         self.trainer.remove_callback(ProgressCallback)
+        self.turn_end = check_turn_end(self.trainer.train_dataset, self.tokenizer, max_length)
 
     def fit(self) -> None:
         """Train (from the checkpoint when resuming), then make sure the last step has a validation loss."""
@@ -301,6 +356,8 @@ class LoRARecipe:
             "train_examples": len(self.train_rows),
             "eval_examples": len(self.eval_rows),
             "token_lengths": self.length_stats,
+            "reply_tokens": self.reply_tokens,  # the generation budget: eval, bench and the app cap replies at its max_new_tokens
+            "turn_end": self.turn_end,
             "machine": machine_info(),
             "processes": {
                 "world_size": self.processes.num_processes,

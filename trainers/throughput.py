@@ -1,7 +1,8 @@
 """Training-throughput benchmark (`supportbench bench --train-throughput`): the notebook's SFT recipe against
 ours, one change at a time. Each arm trains one warm-up optimizer step (not timed), then `steps` timed steps
 on the same examples; the result holds non-padding tokens/s and examples/s per arm, each arm's gain over the
-one before, and the overall ratio of ours to the notebook's.
+one before, its share of this CPU's matmul limit (measured in the same run), and the overall ratio of ours (the
+last arm) to the notebook's.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ def arms(max_length: int, batch_size: int) -> list[tuple[str, str, SpeedKnobs, i
     )
     no_ckpt = dataclasses.replace(notebook, gradient_checkpointing=False)
     grouped = dataclasses.replace(no_ckpt, group_by_length=True)
-    ours = SpeedKnobs(completion_only=True, gradient_checkpointing=False, group_by_length=True, max_length=max_length)
+    ours = SpeedKnobs(
+        completion_only=True,
+        gradient_checkpointing=False,
+        group_by_length=True,
+        max_length=max_length,
+        completion_logits_only=False,
+    )
     return [
         (
             "notebook",
@@ -43,9 +50,15 @@ def arms(max_length: int, batch_size: int) -> list[tuple[str, str, SpeedKnobs, i
         ("no_checkpointing", "gradient checkpointing off (CPU has memory to spare)", no_ckpt, NOTEBOOK_BATCH),
         ("length_grouped", "length-grouped batches", grouped, NOTEBOOK_BATCH),
         (
-            "ours",
+            "prompt_completion",
             f"batch {batch_size}, prompt-completion loss, max_length {max_length} from the length distribution",
             ours,
+            batch_size,
+        ),
+        (
+            "completion_logits",
+            "the LM head only from the batch's first reply position (TRL's fused head on CPU scores every position)",
+            dataclasses.replace(ours, completion_logits_only=True),
             batch_size,
         ),
     ]
@@ -80,6 +93,25 @@ def measure(
     }
 
 
+def matmul_limit(size: int = 2048) -> dict[str, Any]:
+    """This CPU's sustained fp32 matmul rate, measured now with torch's benchmark timer on square size x size matrices."""
+    import torch
+    from torch.utils.benchmark import Timer
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    timer = Timer("a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads())
+    seconds = timer.blocked_autorange(min_run_time=3).median
+    return {"flops_per_s": 2 * size**3 / seconds, "gflops": round(2 * size**3 / seconds / 1e9, 1), "shape": [size, size, size]}
+
+
+def linear_parameters(model_name: str) -> int:
+    """Weights of the model's linear layers (the LM head included): its matmul work per token, in multiply-adds."""
+    import torch
+
+    model, _ = load_model(model_name)
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
 class StepClock(TrainerCallback):
     """Timestamps and token counts at the end of every optimizer step."""
 
@@ -103,13 +135,17 @@ def run_benchmark(run: RunDir, config: TrainConfig, steps: int) -> dict[str, Any
     max_length, _ = choose_max_length(
         token_lengths(build_examples(rows, template, tokenizer), tokenizer), config.max_length_percentile
     )
+    limit = matmul_limit()
+    flops_per_token = 4 * linear_parameters(config.model)  # forward + input gradients of the frozen base; LoRA's are tiny
     results = []
     for name, change, knobs, batch in arms(max_length, config.batch_size):
         print(f"[{name}] {change}", flush=True)
         result = measure(config, rows, knobs, batch, steps, run.bench_dir / f"ck-{name}")
         previous = results[-1]["tokens_per_s"] if results else result["tokens_per_s"]
+        share = result["tokens_per_s"] * flops_per_token / limit["flops_per_s"]
+        gain = round(result["tokens_per_s"] / previous, 2)
         results.append(
-            {"arm": name, "change": change, **result, "gain_over_previous": round(result["tokens_per_s"] / previous, 2)}
+            {"arm": name, "change": change, **result, "gain_over_previous": gain, "matmul_limit_share": round(share, 4)}
         )
         print(f"    {result['tokens_per_s']} tok/s, {result['examples_per_s']} examples/s", flush=True)
     return {
@@ -118,6 +154,8 @@ def run_benchmark(run: RunDir, config: TrainConfig, steps: int) -> dict[str, Any
         "optimizer_steps": steps,
         "effective_batch": EFFECTIVE_BATCH,
         "machine": machine_info(),
+        "matmul_limit": limit,
+        "flops_per_token": flops_per_token,
         "arms": results,
         "ratio_tokens_per_s": round(results[-1]["tokens_per_s"] / results[0]["tokens_per_s"], 2),
         "ratio_examples_per_s": round(results[-1]["examples_per_s"] / results[0]["examples_per_s"], 2),

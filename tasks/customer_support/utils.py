@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -42,18 +43,31 @@ def _rows(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     return split.rows(name)
 
 
-def _tokenizer(metadata: dict[str, Any]) -> Any:
+def _tokenizer_source(metadata: dict[str, Any]) -> str:
     source = metadata.get("tokenizer") or metadata.get("pretrained")
     if not source or not isinstance(source, str):
         raise SupportBenchError('customer_support tasks need a tokenizer: pass --metadata \'{"tokenizer": "<id or dir>"}\'')
+    return source
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(source: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(source)
 
 
+def at_cap(raw: str, doc: dict[str, Any]) -> bool:
+    """True when a generation used the whole new-token cap (within one token: a final end-of-turn may be dropped)."""
+    if not doc["reply_cap"]:
+        return False
+    return len(_load_tokenizer(doc["tokenizer"])(raw, add_special_tokens=False)["input_ids"]) >= doc["reply_cap"] - 1
+
+
 def load_docs(**metadata: Any) -> datasets.DatasetDict:
     """lm-eval `custom_dataset` hook: the prepared split rendered in the chosen template, with token counts."""
-    tokenizer = _tokenizer(metadata)
+    source = _tokenizer_source(metadata)
+    tokenizer = _load_tokenizer(source)
     template = get_template(metadata.get("template", "seed"))
     stops = template.stop_sequences(tokenizer)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -75,6 +89,8 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
                 "stop": stops,
                 "target_tokens": len(encode(prompt + target)) - len(encode(context)),
                 "prompt_tokens": len(encode(prompt)),
+                "tokenizer": source,
+                "reply_cap": metadata.get("max_new_tokens") or 0,  # 0: the reply cap is unknown, at_cap is not counted
             }
         )
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
@@ -90,6 +106,7 @@ def process_gen(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
         "runon": float(stopped or has_runon(raw)),
         "placeholder_leak": float(leaks_placeholder(reply)),
         "response_words": float(word_count(reply)),
+        "at_cap": float(at_cap(raw, doc)),
     }
 
 

@@ -1,0 +1,96 @@
+"""Decoding settings: the reply-token budget measured on the training split, and the repetition controls chosen on
+validation and frozen in the run, so eval, bench and the app decode the same way. No torch import."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from supportbench.io import SupportBenchError, read_json
+from supportbench.metrics import percentile
+from supportbench.run import RunDir
+
+BUDGET_PERCENTILE = 99.0  # replies longer than the training split's p99 are cut at the cap
+MAX_AT_CAP_SHARE = 0.02  # a decoding that leaves more validation replies at the cap is not chosen
+REPETITION_PENALTIES = (1.0, 1.1)
+NO_REPEAT_NGRAM_SIZES = (0, 6)  # 0: off; support replies legitimately repeat shorter phrases ("your order")
+CONTROLS = ("repetition_penalty", "no_repeat_ngram_size")  # as transformers, lm-eval and CTranslate2 name them
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Greedy decoding with a new-token cap and optional repetition controls (1.0 and 0 switch them off)."""
+
+    max_new_tokens: int
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
+    @property
+    def is_plain_greedy(self) -> bool:
+        """True for the notebook's decoding: greedy with no repetition controls."""
+        return self.repetition_penalty == 1.0 and self.no_repeat_ngram_size == 0
+
+    def controls(self) -> dict[str, Any]:
+        """The repetition controls that are on, as transformers' generate (and lm-eval's gen_kwargs) name them."""
+        return {
+            **({"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {}),
+            **({"no_repeat_ngram_size": self.no_repeat_ngram_size} if self.no_repeat_ngram_size else {}),
+        }
+
+    def label(self) -> str:
+        """A short description, e.g. `greedy, 168 tokens, repetition penalty 1.1`."""
+        parts = [f"greedy, {self.max_new_tokens} tokens"]
+        if self.repetition_penalty != 1.0:
+            parts.append(f"repetition penalty {self.repetition_penalty:g}")
+        if self.no_repeat_ngram_size:
+            parts.append(f"no repeated {self.no_repeat_ngram_size}-grams")
+        return ", ".join(parts)
+
+
+def reply_budget(reply_tokens: list[int]) -> dict[str, Any]:
+    """The new-token cap for generation: the training replies' p99 length (end-of-turn included), up to a multiple of 8."""
+    cap = int(math.ceil(percentile(reply_tokens, BUDGET_PERCENTILE) / 8) * 8)
+    return {
+        "p50": percentile(reply_tokens, 50),
+        "p99": percentile(reply_tokens, BUDGET_PERCENTILE),
+        "max": max(reply_tokens),
+        "percentile": BUDGET_PERCENTILE,
+        "max_new_tokens": cap,
+    }
+
+
+def candidates(max_new_tokens: int, ngram_controls: bool = True) -> list[Decoding]:
+    """The decodings tried on validation, plain greedy first (vLLM has no no-repeat-n-gram control)."""
+    sizes = NO_REPEAT_NGRAM_SIZES if ngram_controls else (0,)
+    return [Decoding(max_new_tokens, p, n) for n in sizes for p in REPETITION_PENALTIES]
+
+
+def pick(scored: list[dict[str, Any]]) -> Decoding:
+    """The candidate with the best validation ROUGE-L among those with at most 2% of replies at the cap (else the one
+    with the fewest at the cap); ties go to the earlier, simpler candidate."""
+    fitting = [s for s in scored if s["at_cap"] <= MAX_AT_CAP_SHARE] or [min(scored, key=lambda s: s["at_cap"])]
+    best = max(fitting, key=lambda s: s["rougeL"]["mean"])  # max keeps the first of equals
+    return Decoding(**best["decoding"])
+
+
+def run_budget(run: RunDir) -> int:
+    """The run's new-token cap measured on its training replies (train.json)."""
+    budget = run.trained().get("reply_tokens")
+    if not budget:
+        raise SupportBenchError(
+            f"{run.manifest_path} records no reply-token budget (trained by an older version); pass --max-new-tokens"
+        )
+    return int(budget["max_new_tokens"])
+
+
+def frozen(run: RunDir) -> Decoding | None:
+    """The decoding chosen on validation and frozen in the run, if eval has chosen one."""
+    if not run.decoding.is_file():
+        return None
+    return Decoding(**read_json(run.decoding)["chosen"])
+
+
+def serving_decoding(run: RunDir) -> Decoding:
+    """What the app and the benchmarks decode with: the frozen choice, else plain greedy at the run's budget."""
+    return frozen(run) or Decoding(run_budget(run))
