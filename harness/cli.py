@@ -256,7 +256,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     """Search LoRA settings with Optuna under a time budget; write the table, Pareto chart and best preset."""
-    from supportbench.sweep import SweepDir, sweep
+    from supportbench.run import SweepDir
+    from supportbench.sweep import sweep
 
     summary = sweep(SweepConfig(**config_values(SweepConfig, args)), Path(args.out))
     folder = SweepDir(Path(args.out))

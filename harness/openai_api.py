@@ -18,7 +18,6 @@ from supportbench.io import SupportBenchError
 from supportbench.templates import Turn
 
 MODELS = {"supportbench": True, "supportbench-base": False}  # model name -> fine-tuned?
-DEFAULT_MAX_TOKENS = 256
 MAX_TOKENS_LIMIT = 512
 ROLES = ("system", "user", "assistant")
 
@@ -30,7 +29,7 @@ class ChatRequest:
     model: str
     history: list[Turn]
     query: str
-    max_tokens: int
+    max_tokens: int | None  # none: the run's reply budget, as in the app
     stream: bool
 
 
@@ -64,8 +63,10 @@ def parse_chat_request(body: Any) -> ChatRequest:
     expected = ["user", "assistant"] * len(dialogue)
     if [role for role, _ in dialogue] != expected[: len(dialogue)]:
         raise SupportBenchError("user and assistant messages must alternate, starting with the user")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", DEFAULT_MAX_TOKENS))
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
+    ):
         raise SupportBenchError(f"max_tokens must be an integer from 1 to {MAX_TOKENS_LIMIT}, not {max_tokens!r}")
     if not isinstance(body.get("stream", False), bool):
         raise SupportBenchError("stream must be true or false")
@@ -87,7 +88,8 @@ def _usage(chunk: Chunk) -> dict[str, int]:
 
 def complete(assistant: Assistant, request: ChatRequest) -> dict[str, Any]:
     """A whole `chat.completion` object."""
-    *_, last = assistant.generate(request.history, request.query, MODELS[request.model], request.max_tokens)
+    cap = request.max_tokens or assistant.decoding.max_new_tokens
+    *_, last = assistant.generate(request.history, request.query, MODELS[request.model], cap)
     message = {"role": "assistant", "content": last.text}
     body = _envelope(
         request,
@@ -109,7 +111,8 @@ def stream_events(assistant: Assistant, request: ChatRequest) -> Iterator[str]:
 
     yield event({"role": "assistant", "content": ""})
     sent = ""
-    for chunk in assistant.generate(request.history, request.query, MODELS[request.model], request.max_tokens):
+    cap = request.max_tokens or assistant.decoding.max_new_tokens
+    for chunk in assistant.generate(request.history, request.query, MODELS[request.model], cap):
         if chunk.text.startswith(sent) and len(chunk.text) > len(sent):
             yield event({"content": chunk.text[len(sent) :]})
             sent = chunk.text

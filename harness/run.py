@@ -1,4 +1,4 @@
-"""The run folder and the prepared-split folder: the one module that knows their file names."""
+"""The run, prepared-split, leaderboard and sweep folders: the one module that knows their file names."""
 
 from __future__ import annotations
 
@@ -191,3 +191,21 @@ class BoardDir:
     def chart(self) -> Path:
         """leaderboard.png: fine-tuned quality against reply latency."""
         return Path(self.path) / "leaderboard.png"
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """A sweep folder: the prepared split, one run folder per trial, the study and what the sweep writes."""
+
+    path: Path
+
+    data = property(lambda self: SplitDir(self.path / "data"), doc="The split every trial trains and validates on.")
+    study = property(lambda self: self.path / "study.db", doc="The Optuna study (SQLite): every trial, whatever its end.")
+    summary = property(lambda self: self.path / "sweep.json", doc="Every trial's settings, state and scores.")
+    table = property(lambda self: self.path / "trials.md", doc="The trials as a Markdown table.")
+    chart = property(lambda self: self.path / "pareto.png", doc="Validation ROUGE-L against training minutes.")
+    best_preset = property(lambda self: self.path / "best.yaml", doc="The best trial's configuration as a preset.")
+
+    def trial(self, number: int) -> RunDir:
+        """One trial's run folder."""
+        return RunDir(self.path / "trials" / f"{number:03d}")

@@ -19,10 +19,13 @@ from supportbench.decoding import Decoding
 from supportbench.io import SupportBenchError, atomic_write_bytes, atomic_write_text, write_json
 from supportbench.models import model_path
 from supportbench.plots import pareto_png
-from supportbench.run import RunDir, SplitDir
+from supportbench.run import RunDir, SplitDir, SweepDir
 from supportbench.stats import mean_interval
 
 LORA_TARGETS = {"all-linear": "all-linear", "attention-qv": ["q_proj", "v_proj"]}
+RANKS = (8, 16, 32)
+LEARNING_RATES = (1e-4, 1e-3)  # log-uniform between
+LENGTH_PERCENTILES = (90.0, 95.0, 99.0)
 TABLE_COLUMNS = (
     *("trial", "state", "model", "lr", "r", "targets", "examples", "epochs", "length pct"),
     *("train min", "tok/s", "val ROUGE-L [95% CI]", "BLEU", "at cap", "note"),
@@ -33,37 +36,37 @@ class TrialTimedOut(SupportBenchError):
     """A trial was still training when the sweep's budget ran out."""
 
 
-@dataclasses.dataclass(frozen=True)
-class SweepDir:
-    """A sweep folder: the prepared split, one run folder per trial, the study and what the sweep writes."""
-
-    path: Path
-
-    data = property(lambda self: SplitDir(self.path / "data"), doc="The split every trial trains and validates on.")
-    study = property(lambda self: self.path / "study.db", doc="The Optuna study (SQLite): every trial, whatever its end.")
-    summary = property(lambda self: self.path / "sweep.json", doc="Every trial's settings, state and scores.")
-    table = property(lambda self: self.path / "trials.md", doc="The trials as a Markdown table.")
-    chart = property(lambda self: self.path / "pareto.png", doc="Validation ROUGE-L against training minutes.")
-    best_preset = property(lambda self: self.path / "best.yaml", doc="The best trial's configuration as a preset.")
-
-    def trial(self, number: int) -> RunDir:
-        """One trial's run folder."""
-        return RunDir(self.path / "trials" / f"{number:03d}")
-
-
 def suggest(trial: Any, config: SweepConfig) -> dict[str, Any]:
     """One point of the search space: base model, learning rate, LoRA rank and targets, examples, epochs, max length."""
-    rank = trial.suggest_categorical("lora_r", [8, 16, 32])
+    rank = trial.suggest_categorical("lora_r", list(RANKS))
     return {
         "model": trial.suggest_categorical("model", list(config.models)),
-        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-3, log=True),
+        "learning_rate": trial.suggest_float("learning_rate", *LEARNING_RATES, log=True),
         "lora_r": rank,
         "lora_alpha": 2 * rank,
         "lora_targets": LORA_TARGETS[trial.suggest_categorical("lora_targets", list(LORA_TARGETS))],
         "max_train_examples": trial.suggest_int("max_train_examples", config.min_examples, config.max_examples, log=True),
         "epochs": float(trial.suggest_int("epochs", 1, config.max_epochs)),
-        "max_length_percentile": trial.suggest_categorical("max_length_percentile", [90.0, 95.0, 99.0]),
+        "max_length_percentile": trial.suggest_categorical("max_length_percentile", list(LENGTH_PERCENTILES)),
     }
+
+
+def preset_point(config: SweepConfig) -> dict[str, Any]:
+    """The preset's own settings as a point of the search space, the sweep's first trial, so the table starts from a
+    known configuration: examples and epochs are clamped to their ranges, a value outside a choice list is sampled."""
+    preset = load_train_config(config.preset)
+    examples = preset.max_train_examples or config.max_examples
+    point = {
+        "model": preset.model if preset.model in config.models else config.models[0],
+        "learning_rate": min(max(preset.learning_rate, LEARNING_RATES[0]), LEARNING_RATES[1]),
+        "lora_r": preset.lora_r,
+        "lora_targets": next((name for name, value in LORA_TARGETS.items() if value == preset.lora_targets), None),
+        "max_train_examples": min(max(examples, config.min_examples), config.max_examples),
+        "epochs": min(max(round(preset.epochs), 1), config.max_epochs),
+        "max_length_percentile": preset.max_length_percentile,
+    }
+    choices = {"lora_r": RANKS, "lora_targets": tuple(LORA_TARGETS), "max_length_percentile": LENGTH_PERCENTILES}
+    return {k: v for k, v in point.items() if k not in choices or v in choices[k]}
 
 
 def trial_config(config: SweepConfig, params: dict[str, Any]) -> TrainConfig:
@@ -168,7 +171,7 @@ def table_markdown(rows: list[dict[str, Any]], front: list[int]) -> str:
         cells = [
             f"{r['trial']}{' *' if r['trial'] in front else ''}",
             r["state"],
-            *(str(p.get(k, "—")) for k in ("model",)),
+            str(p.get("model", "—")),
             f"{p['learning_rate']:.2e}" if "learning_rate" in p else "—",
             *(str(p.get(k, "—")) for k in ("lora_r", "lora_targets", "max_train_examples", "epochs", "max_length_percentile")),
             *scores,
@@ -178,7 +181,7 @@ def table_markdown(rows: list[dict[str, Any]], front: list[int]) -> str:
     return "\n".join(lines) + "\n\n\\* on the Pareto front of validation ROUGE-L against training minutes.\n"
 
 
-def best_preset_yaml(config: SweepConfig, best: dict[str, Any], folder: SweepDir) -> str:
+def best_preset_yaml(best: dict[str, Any], folder: SweepDir) -> str:
     """The best trial's configuration as a preset file, its measured scores and origin in the comment."""
     import yaml
 
@@ -221,6 +224,8 @@ def sweep(config: SweepConfig, out: Path) -> dict[str, Any]:
         directions=["maximize", "minimize"],
         sampler=optuna.samplers.TPESampler(seed=config.seed),
     )
+    if not study.trials:
+        study.enqueue_trial(preset_point(config))
     budget_s = config.budget_min * 60
     deadline = time.monotonic() + budget_s
     study.optimize(
@@ -238,7 +243,7 @@ def sweep(config: SweepConfig, out: Path) -> dict[str, Any]:
     atomic_write_bytes(folder.chart, pareto_png(points))
     best = max(done, key=lambda r: (r["validation"]["rougeL"]["mean"], -r["train_minutes"]), default=None)
     if best:
-        atomic_write_text(folder.best_preset, best_preset_yaml(config, best, folder))
+        atomic_write_text(folder.best_preset, best_preset_yaml(best, folder))
     summary = {
         "config": dataclasses.asdict(config),
         "trials": rows,

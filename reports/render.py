@@ -194,7 +194,7 @@ def comparison_rows(runs: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     ]
     for key, metric in METRICS.items():
         rows.append(
-            (f"{metric.label}, fine-tuned", [fmt(r["eval"]["metrics"]["finetuned"][key]) if r["eval"] else "—" for r in runs])
+            (f"{metric.label}, fine-tuned", [fmt(r["eval"]["metrics"]["finetuned"].get(key)) if r["eval"] else "—" for r in runs])
         )
     return rows
 

@@ -14,7 +14,9 @@ from supportbench.run import RunDir
 from supportbench.stats import eval_statistics
 
 
-def evaluated_run(folder: Path, base: np.ndarray, tuned: np.ndarray, test_sha: str = "a" * 64, limit: int = 50) -> RunDir:
+def evaluated_run(
+    folder: Path, base: np.ndarray, tuned: np.ndarray, test_sha: str = "a" * 64, limit: int = 50, at_cap: float | None = 0.0
+) -> RunDir:
     """A run folder holding only what the gate reads: a training manifest and an eval with statistics."""
     run = RunDir(folder)
     write_json(run.manifest_path, {"template": "seed", "config": {"model": "tiny"}})
@@ -41,7 +43,7 @@ def evaluated_run(folder: Path, base: np.ndarray, tuned: np.ndarray, test_sha: s
             "dataset": "heldout-test",
             "leakage_check": {"test_sha256": test_sha},
             "config": {"limit": limit, "ppl_limit": None, "max_new_tokens": 100, "seed": 1234},
-            "metrics": {"finetuned": {"runon": 0.0, "placeholder_leak": 0.0}},
+            "metrics": {"finetuned": {"runon": 0.0, "placeholder_leak": 0.0, "at_cap": at_cap}},
         },
     )
     return run
@@ -75,6 +77,15 @@ def test_a_clearly_better_baseline_fails_non_inferiority(tmp_path, scores, capsy
     assert "gate FAILED: non_inferior_to_baseline" in capsys.readouterr().err
     assert read_json(run.gate("json"))["failed"] == ["non_inferior_to_baseline"]
     assert main(["gate", "--run", str(run.path), "--baseline", str(run.eval.metrics)]) == 0  # itself: no worse
+
+
+@pytest.mark.parametrize("at_cap, shown", [(0.05, "0.0500"), (None, "not measured")])
+def test_too_many_replies_at_the_token_cap_fail_the_gate(tmp_path, scores, capsys, at_cap, shown):
+    run = evaluated_run(tmp_path / "run", *scores, at_cap=at_cap)
+    assert main(["gate", "--run", str(run.path)]) == 1
+    assert "gate FAILED: max_at_cap_share" in capsys.readouterr().err
+    (check,) = [c for c in read_json(run.gate("json"))["checks"] if c["rule"] == "max_at_cap_share"]
+    assert check["value"].startswith(shown) and check["needs"] == "<= 0.02"
 
 
 def test_impossible_rules_fail_and_name_the_rule(tmp_path, scores, capsys):

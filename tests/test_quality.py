@@ -74,6 +74,25 @@ def test_logits_only_from_the_first_trained_position_give_trls_loss(tiny_model_d
     assert kept[1].shape[1] < batch["input_ids"].shape[1]  # the prompt positions before the first reply token got no logits
 
 
+def test_an_api_request_without_max_tokens_gets_the_runs_reply_budget():
+    from supportbench.assistant import Chunk
+    from supportbench.openai_api import complete, parse_chat_request, stream_events
+
+    class Recorder:
+        decoding, caps = Decoding(40), []
+
+        def generate(self, history, query, finetuned, max_new_tokens):
+            self.caps.append(max_new_tokens)
+            yield Chunk("Sure.", "stop", 3, 2)
+
+    messages = [{"role": "user", "content": "where is my refund"}]
+    assistant = Recorder()
+    complete(assistant, parse_chat_request({"messages": messages}))
+    list(stream_events(assistant, parse_chat_request({"messages": messages, "stream": True})))
+    complete(assistant, parse_chat_request({"messages": messages, "max_tokens": 12}))
+    assert assistant.caps == [40, 40, 12]
+
+
 def test_pick_takes_the_best_validation_rouge_among_candidates_within_the_cap_share():
     def scored(p: float, n: int, rouge: float, at_cap: float) -> dict:
         return {"decoding": dataclasses.asdict(Decoding(64, p, n)), "rougeL": {"mean": rouge}, "at_cap": at_cap}
@@ -122,15 +141,22 @@ def sweep_command(out: Path, model: Path, data: Path, *extra: str) -> subprocess
     )
 
 
-def test_sweep_of_two_trials_in_three_minutes_writes_table_front_and_best_preset(tiny_model_dir, tmp_path):
-    data = tmp_path / "split"
-    small_split(tmp_path, data)
-    out = tmp_path / "sweep"
-    sizes = ("--min-examples", "8", "--max-examples", "16")
-    done = sweep_command(out, tiny_model_dir, data, "--trials", "2", "--budget-min", "3", *sizes)
+def tiny_sweep(tmp_path: Path, model: Path, *flags: str) -> Path:
+    """Run `supportbench sweep` on the tiny model and a small prepared split; return the sweep folder."""
+    small_split(tmp_path, tmp_path / "split")
+    done = sweep_command(tmp_path / "sweep", model, tmp_path / "split", *flags)
     assert done.returncode == 0, done.stderr[-3000:]
+    return tmp_path / "sweep"
+
+
+def test_sweep_of_two_trials_in_three_minutes_writes_table_front_and_best_preset(tiny_model_dir, tmp_path):
+    sizes = ("--min-examples", "8", "--max-examples", "16")
+    out = tiny_sweep(tmp_path, tiny_model_dir, "--trials", "2", "--budget-min", "3", *sizes)
     summary = read_json(out / "sweep.json")
     assert [t["trial"] for t in summary["trials"]] == [0, 1]
+    preset_point = {"model": str(tiny_model_dir), "learning_rate": 5e-4, "lora_r": 16, "lora_targets": "all-linear"}
+    assert summary["trials"][0]["params"] | preset_point == summary["trials"][0]["params"]  # trial 0: the ci preset
+    assert summary["trials"][0]["params"]["max_train_examples"] == 16  # its 240 examples, clamped to the range
     assert summary["states"] == {"complete": 2}
     for trial in summary["trials"]:
         assert 8 <= trial["params"]["max_train_examples"] <= 16
@@ -148,12 +174,8 @@ def test_sweep_of_two_trials_in_three_minutes_writes_table_front_and_best_preset
 
 
 def test_a_trial_still_training_at_the_budget_end_is_recorded_as_timed_out(tiny_model_dir, tmp_path):
-    data = tmp_path / "split"
-    small_split(tmp_path, data)
-    out = tmp_path / "sweep"
     sizes = ("--min-examples", "64", "--max-examples", "64")
-    done = sweep_command(out, tiny_model_dir, data, "--trials", "1", "--budget-min", "0.001", *sizes)
-    assert done.returncode == 0, done.stderr[-3000:]
+    out = tiny_sweep(tmp_path, tiny_model_dir, "--trials", "1", "--budget-min", "0.001", *sizes)
     (trial,) = read_json(out / "sweep.json")["trials"]
     assert trial["state"] == "timed out" and "still training at the budget's end" in trial["error"]
     assert not (out / "best.yaml").exists()
