@@ -17,7 +17,7 @@ STAGES = sorted(build_parser()._subparsers._group_actions[0].choices)
 def test_the_parser_knows_every_stage():
     assert STAGES == sorted(
         ["prepare", "train", "eval", "gate", "bench", "export", "report", "rank", "app", "models", "tasks-path"]
-        + ["accelerate-configs"]
+        + ["accelerate-configs", "sweep"]
     )
 
 
