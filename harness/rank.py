@@ -9,6 +9,7 @@ from typing import Any
 
 from supportbench.bench import run_suite
 from supportbench.config import EvalConfig, RankConfig, load_train_config
+from supportbench.decoding import Decoding
 from supportbench.io import SupportBenchError, read_json, write_json
 from supportbench.metrics import METRICS
 from supportbench.run import BoardDir
@@ -20,13 +21,18 @@ def _wanted_eval(config: RankConfig) -> EvalConfig:
     return EvalConfig(limit=config.limit, ppl_limit=config.ppl_limit)
 
 
+def scored_as_wanted(stored: dict[str, Any], config: RankConfig) -> bool:
+    """Whether an eval's settings are the leaderboard's; the decoding each run froze for itself counts as wanted."""
+    wanted = asdict(_wanted_eval(config))
+    return all(stored.get(k) == v for k, v in wanted.items() if not (k in Decoding.__dataclass_fields__ and v is None))
+
+
 def rank_one(model: str, board: BoardDir, config: RankConfig) -> dict[str, Any]:
     """Train, eval and bench one model, reusing whatever an earlier rank already finished; its leaderboard row."""
     run = board.run(model)
     train(load_train_config(config.preset, model=model, max_steps=config.max_steps), run.path, data=config.data, reuse=True)
-    wanted = _wanted_eval(config)
-    if not run.eval.metrics.is_file() or read_json(run.eval.metrics)["config"] != asdict(wanted):
-        evaluate_run(run.path, wanted)
+    if not run.eval.metrics.is_file() or not scored_as_wanted(read_json(run.eval.metrics)["config"], config):
+        evaluate_run(run.path, _wanted_eval(config))
     if not run.bench_summary.is_file():
         run_suite(run.path, quick=True)
     return board_row(model, board, config)
@@ -36,7 +42,7 @@ def board_row(model: str, board: BoardDir, config: RankConfig) -> dict[str, Any]
     """One model's leaderboard row, read from its finished run folder."""
     run = board.run(model)
     evaluation, bench, trained = read_json(run.eval.metrics), read_json(run.bench_summary), run.trained()
-    if evaluation["config"] != asdict(_wanted_eval(config)):
+    if not scored_as_wanted(evaluation["config"], config):
         raise SupportBenchError(f"{run.eval.metrics} was scored with other settings than this leaderboard's")
     merged = bench["variants"]["merged"]
     return {
