@@ -491,7 +491,7 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
     decoding = summary["decoding"]
     lines = [header, f"decoding: {decoding['label']} ({decoding['source']})"]
     lines.append(f"{'metric':<22}{'base':>10}{'fine-tuned':>12}{'change':>10}")
-    for metric in base:
+    for metric in (m for m in METRICS if m in base):  # the declared order, also for base scores read from the cache
         change = "n/a" if delta[metric] is None else f"{delta[metric]:+.1f}%"
         lines.append(f"{metric:<22}{base[metric]:>10.4f}{tuned[metric]:>12.4f}{change:>10}")
     if summary["greedy_reference"]:
