@@ -74,6 +74,11 @@ def pick(scored: list[dict[str, Any]]) -> Decoding:
     return Decoding(**best["decoding"])
 
 
+def given_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The decoding settings a config fixes itself; one left as None is the run's frozen choice."""
+    return {k: v for k, v in settings.items() if k in Decoding.__dataclass_fields__ and v is not None}
+
+
 def run_budget(run: RunDir) -> int:
     """The run's new-token cap measured on its training replies (train.json)."""
     budget = run.trained().get("reply_tokens")

@@ -9,7 +9,7 @@ from typing import Any
 
 from supportbench.bench import run_suite
 from supportbench.config import EvalConfig, RankConfig, load_train_config
-from supportbench.decoding import Decoding
+from supportbench.decoding import Decoding, given_settings
 from supportbench.io import SupportBenchError, read_json, write_json
 from supportbench.metrics import METRICS
 from supportbench.run import BoardDir
@@ -24,7 +24,8 @@ def _wanted_eval(config: RankConfig) -> EvalConfig:
 def scored_as_wanted(stored: dict[str, Any], config: RankConfig) -> bool:
     """Whether an eval's settings are the leaderboard's; the decoding each run froze for itself counts as wanted."""
     wanted = asdict(_wanted_eval(config))
-    return all(stored.get(k) == v for k, v in wanted.items() if not (k in Decoding.__dataclass_fields__ and v is None))
+    left_to_run = Decoding.__dataclass_fields__.keys() - given_settings(wanted).keys()
+    return all(stored.get(k) == v for k, v in wanted.items() if k not in left_to_run)
 
 
 def rank_one(model: str, board: BoardDir, config: RankConfig) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from supportbench.config import EvalConfig
 from supportbench.data import instruction_hash, load_twcs_pairs
-from supportbench.decoding import MAX_AT_CAP_SHARE, Decoding, candidates, frozen, pick, run_budget
+from supportbench.decoding import MAX_AT_CAP_SHARE, Decoding, candidates, frozen, given_settings, pick, run_budget
 from supportbench.device import pick_device, process_state
 from supportbench.export import exported_format
 from supportbench.io import (
@@ -333,7 +333,7 @@ def _check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
 def resolve_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> tuple[EvalConfig, str]:
     """The config with its decoding filled in: the flags given, else the run's frozen decoding, else one chosen on the
     validation split now (and frozen); with where it came from."""
-    flags = {k: v for k, v in asdict(config).items() if k in Decoding.__dataclass_fields__ and v is not None}
+    flags = given_settings(asdict(config))
     if len(flags) == len(Decoding.__dataclass_fields__):
         return config, "command line"
     chosen, source = frozen(run), f"frozen in {run.decoding.name}"
