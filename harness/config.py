@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from supportbench.io import SupportBenchError, read_yaml
+from supportbench.files import SupportBenchError, read_yaml
 from supportbench.metrics import METRICS
 
 DEFAULT_DATASET = "bitext/Bitext-customer-support-llm-chatbot-training-dataset"
@@ -56,17 +56,22 @@ def lora_targets(text: str) -> list[str] | str:
 def _check(config: Any, checks: dict[str, bool], what: str) -> None:
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
-        raise SupportBenchError(f"invalid {what}: " + ", ".join(f"{n}={getattr(config, n)!r}" for n in bad))
+        shown = {n: list(v) if isinstance(v := getattr(config, n), tuple) else v for n in bad}
+        raise SupportBenchError(f"invalid {what}: " + ", ".join(f"{n}={v!r}" for n, v in shown.items()))
 
 
 @dataclass
 class DataConfig:
     """Everything that decides the prepared split; the same config and input give the same bytes."""
 
-    source: str = option(DEFAULT_DATASET, "hub dataset id or local CSV/JSONL/Parquet file", flag="--data", env=DATA_ENV)
+    source: str = option(
+        DEFAULT_DATASET, "hub dataset id or local CSV/JSONL/Parquet file", flag="--data", env=DATA_ENV
+    )
     seed: int = option(42, "split seed")
     mode: str = option(
-        "heldout", "heldout: fixed-size held-out test set; notebook: sample N then 90/10", choices=("heldout", "notebook")
+        "heldout",
+        "heldout: fixed-size held-out test set; notebook: sample N then 90/10",
+        choices=("heldout", "notebook"),
     )
     test_size: int = option(500, "held-out test rows")
     validation_size: int = option(100, "validation rows")
@@ -84,7 +89,9 @@ class DataConfig:
         "placeholders; keep: leave the text as it is (data that is already clean)",
         choices=("scrub", "keep"),
     )
-    pii_rules: str | None = option(None, "YAML file of PII rules (placeholders, patterns) merged over the bundled ones")
+    pii_rules: str | None = option(
+        None, "YAML file of PII rules (placeholders, patterns) merged over the bundled ones"
+    )
     phone_region: str = option("US", "region of phone numbers written without a country code (ISO 3166 code)")
     languages: str = option(
         "en,es,fr,de,it,pt,nl,pl,sv,da,no,fi,tr,ru,ar,hi,zh,ja,ko,id",
@@ -97,7 +104,9 @@ class DataConfig:
         bad = [p for p in pairs if len(p) != 2 or p[0].strip() not in MAPPABLE_COLUMNS or not p[1].strip()]
         if bad:
             shown = ["=".join(p) for p in bad]
-            raise SupportBenchError(f"--columns: {shown} are not target=column pairs with a target in {list(MAPPABLE_COLUMNS)}")
+            raise SupportBenchError(
+                f"--columns: {shown} are not target=column pairs with a target in {list(MAPPABLE_COLUMNS)}"
+            )
         return {target.strip(): column.strip() for target, column in pairs}
 
     def validate(self) -> None:
@@ -172,7 +181,8 @@ class TrainConfig:
                 "max_length": self.max_length is None or self.max_length >= 16,
                 "max_train_examples": self.max_train_examples is None or self.max_train_examples > 0,
                 "max_eval_examples": self.max_eval_examples is None or self.max_eval_examples >= 0,
-                "lora_targets": self.lora_targets == "all-linear" or (isinstance(self.lora_targets, list) and self.lora_targets),
+                "lora_targets": self.lora_targets == "all-linear"
+                or (isinstance(self.lora_targets, list) and self.lora_targets),
             },
             "training config",
         )
@@ -184,7 +194,9 @@ class EvalConfig:
 
     limit: int | None = option(GENERATION_EXAMPLES, "generated examples (greedy), a prefix of the shuffled split")
     ppl_limit: int | None = option(None, "perplexity examples (none: the whole split)")
-    gen_batch_size: int = option(32, "generation batch, left-padded; decoding is memory-bound, wide batches cost little")
+    gen_batch_size: int = option(
+        32, "generation batch, left-padded; decoding is memory-bound, wide batches cost little"
+    )
     ppl_batch_size: int = option(8, "perplexity batch; scoring holds batch x length x vocabulary logits")
     max_new_tokens: int | None = option(
         None, "new-token cap per reply (none: the run's frozen decoding, else its training replies' p99 length)"
@@ -350,17 +362,33 @@ def read_config_file(cls: type, path: Path) -> dict[str, Any]:
     return typed(cls, data, str(path))
 
 
-def load_train_config(preset: str | None = DEFAULT_PRESET, config_file: str | None = None, **overrides: Any) -> TrainConfig:
-    """A TrainConfig from a preset (none: built-in defaults), then a user YAML file, then explicit overrides."""
-    values: dict[str, Any] = {}
-    if preset:
-        if preset not in preset_names():
-            raise SupportBenchError(f"unknown preset {preset!r}; choose one of {preset_names()}")
-        text = resources.files(PRESET_PACKAGE).joinpath(PRESET_DIR, f"{preset}.yaml").read_text(encoding="utf-8")
-        values.update(typed(TrainConfig, read_yaml(text, f"preset {preset}") or {}, f"preset {preset}"))
-    if config_file:
-        values.update(read_config_file(TrainConfig, Path(config_file)))
-    values.update(typed(TrainConfig, {k: v for k, v in overrides.items() if v is not None}, "command line"))
-    config = TrainConfig(**values)
+def preset_values(preset: str) -> dict[str, Any]:
+    """A bundled training preset's keys, type-checked."""
+    if preset not in preset_names():
+        raise SupportBenchError(f"unknown preset {preset!r}; choose one of {preset_names()}")
+    text = resources.files(PRESET_PACKAGE).joinpath(PRESET_DIR, f"{preset}.yaml").read_text(encoding="utf-8")
+    return typed(TrainConfig, read_yaml(text, f"preset {preset}") or {}, f"preset {preset}")
+
+
+def layered(cls: type, *layers: tuple[str, dict[str, Any]]) -> Any:
+    """cls from its defaults, then its fields' environment variables, then each (origin, values) layer in order; validated.
+
+    Every command builds its config this way (preset, config file, flags given), so a later layer always wins.
+    """
+    values = {f.name: os.environ[f.metadata["env"]] for f in fields(cls) if os.environ.get(f.metadata.get("env", ""))}
+    for origin, layer in layers:
+        values.update(typed(cls, layer, origin))
+    config = cls(**values)
     config.validate()
     return config
+
+
+def load_train_config(
+    preset: str | None = DEFAULT_PRESET, config_file: str | None = None, **overrides: Any
+) -> TrainConfig:
+    """A TrainConfig from a preset (none: built-in defaults), then a user YAML file, then explicit overrides."""
+    layers = [(f"preset {preset}", preset_values(preset))] if preset else []
+    if config_file:
+        layers.append((str(config_file), read_config_file(TrainConfig, Path(config_file))))
+    layers.append(("command line", {k: v for k, v in overrides.items() if v is not None}))
+    return layered(TrainConfig, *layers)

@@ -3,13 +3,14 @@ validation and frozen in the run, so eval, bench and the app decode the same way
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from supportbench.io import SupportBenchError, read_json
-from supportbench.metrics import percentile
-from supportbench.run import RunDir
+import numpy as np
+
+from supportbench.files import SupportBenchError, read_json
+from supportbench.layout import RunDir
+from supportbench.metrics import token_cap
 
 BUDGET_PERCENTILE = 99.0  # replies longer than the training split's p99 are cut at the cap
 MAX_AT_CAP_SHARE = 0.02  # a decoding that leaves more validation replies at the cap is not chosen
@@ -50,10 +51,10 @@ class Decoding:
 
 def reply_budget(reply_tokens: list[int]) -> dict[str, Any]:
     """The new-token cap for generation: the training replies' p99 length (end-of-turn included), up to a multiple of 8."""
-    cap = int(math.ceil(percentile(reply_tokens, BUDGET_PERCENTILE) / 8) * 8)
+    cap = token_cap(reply_tokens, BUDGET_PERCENTILE)
     return {
-        "p50": percentile(reply_tokens, 50),
-        "p99": percentile(reply_tokens, BUDGET_PERCENTILE),
+        "p50": float(np.percentile(reply_tokens, 50)),
+        "p99": float(np.percentile(reply_tokens, BUDGET_PERCENTILE)),
         "max": max(reply_tokens),
         "percentile": BUDGET_PERCENTILE,
         "max_new_tokens": cap,
@@ -81,12 +82,12 @@ def given_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 def run_budget(run: RunDir) -> int:
     """The run's new-token cap measured on its training replies (train.json)."""
-    budget = run.trained().get("reply_tokens")
-    if not budget:
+    budget = run.trained().reply_tokens
+    if budget is None:
         raise SupportBenchError(
             f"{run.manifest_path} records no reply-token budget (trained by an older version); pass --max-new-tokens"
         )
-    return int(budget["max_new_tokens"])
+    return budget.max_new_tokens
 
 
 def frozen(run: RunDir) -> Decoding | None:

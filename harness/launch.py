@@ -7,7 +7,7 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from supportbench.io import SupportBenchError
+from supportbench.files import SupportBenchError
 
 CONFIG_PACKAGE, CONFIG_DIR = "supportbench", "accelerate_configs"
 
@@ -56,7 +56,9 @@ def check_processes(requested: int, accelerate_config: str | None, backend: str 
     if accelerate_config and requested == 1:
         raise SupportBenchError("--accelerate-config applies to a multi-process run: add --num-processes N (N > 1)")
     if world_size() > 1 and requested not in (1, world_size()):
-        raise SupportBenchError(f"--num-processes {requested}, but this process is one of {world_size()} already launched")
+        raise SupportBenchError(
+            f"--num-processes {requested}, but this process is one of {world_size()} already launched"
+        )
     return requested > 1 and world_size() == 1
 
 

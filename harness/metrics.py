@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import math
 import re
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -89,11 +89,8 @@ def word_count(text: str) -> int:
     return len(text.split())
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100, steps of 0.1), interpolated between order statistics as numpy's default."""
-    step = round(q * 10)
-    if len(values) == 1 or step >= 1000:
-        return max(values)
-    if step <= 0:
-        return min(values)
-    return statistics.quantiles(values, n=1000, method="inclusive")[step - 1]
+def token_cap(lengths: Sequence[int], q: float) -> int:
+    """The q-th percentile of token lengths (numpy's default interpolation), rounded up to a multiple of 8."""
+    import numpy
+
+    return int(math.ceil(numpy.percentile(lengths, q) / 8) * 8)

@@ -14,7 +14,7 @@ from typing import Any
 from platformdirs import user_cache_dir, user_config_dir
 
 from supportbench.device import DeviceChoice, pick_device
-from supportbench.io import SupportBenchError, hub_reachable, read_yaml, staged_dir
+from supportbench.files import SupportBenchError, hub_reachable, read_yaml, staged_dir
 
 REGISTRY_ENV = "SUPPORTBENCH_REGISTRY"
 CACHE_ENV = "SUPPORTBENCH_CACHE"
@@ -55,7 +55,9 @@ def _user_registry_path() -> Path:
 
 def load_registry() -> dict[str, dict[str, Any]]:
     """The bundled registry with the user's registry file merged over it, validated."""
-    registry = read_yaml(resources.files("supportbench").joinpath("registry.yaml").read_text(encoding="utf-8"), "registry.yaml")
+    registry = read_yaml(
+        resources.files("supportbench").joinpath("registry.yaml").read_text(encoding="utf-8"), "registry.yaml"
+    )
     user_path = _user_registry_path()
     if user_path.is_file():
         user = read_yaml(user_path.read_text(encoding="utf-8"), f"model registry {user_path}") or {}
@@ -116,7 +118,9 @@ def availability(spec: ModelSpec) -> str:
     if spec.source == "gguf":
         if (_gguf_cache_dir(spec) / "config.json").is_file():
             return "offline (materialized)"
-        return "offline (first load converts)" if _gguf_installed(spec) else f"not installed: {spec.entry.get('install')}"
+        return (
+            "offline (first load converts)" if _gguf_installed(spec) else f"not installed: {spec.entry.get('install')}"
+        )
     return "offline (hub cache)" if _hub_cached(spec.entry["hub_id"]) else "needs the hub"
 
 
@@ -184,5 +188,7 @@ def load_model(name: str, device: DeviceChoice | None = None) -> tuple[Any, Any]
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=device.dtype, attn_implementation=device.attn_implementation)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=device.dtype, attn_implementation=device.attn_implementation
+    )
     return model.to(device.device), tokenizer

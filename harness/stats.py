@@ -31,7 +31,9 @@ def _bounds(result: Any) -> tuple[float, float]:
 def mean_interval(values: Sequence[float], seed: int) -> dict[str, float]:
     """The mean with its 95% percentile-bootstrap interval (scipy.stats.bootstrap, seeded)."""
     data = np.asarray(values, dtype=float)
-    result = stats.bootstrap((data,), _mean, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile", rng=seed)
+    result = stats.bootstrap(
+        (data,), _mean, n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile", rng=seed
+    )
     low, high = _bounds(result)
     return {"mean": float(data.mean()), "low": low, "high": high, "n": len(data)}
 
@@ -89,7 +91,12 @@ def slices(samples: list[dict[str, Any]], key: str, seed: int) -> list[dict[str,
     for name, members in sorted(groups.items()):
         base = [s["base_rougeL"] for s in members]
         tuned = [s["finetuned_rougeL"] for s in members]
-        row: dict[str, Any] = {key: name, "n": len(members), "base": float(np.mean(base)), "finetuned": float(np.mean(tuned))}
+        row: dict[str, Any] = {
+            key: name,
+            "n": len(members),
+            "base": float(np.mean(base)),
+            "finetuned": float(np.mean(tuned)),
+        }
         row["judged"] = len(members) >= MIN_SLICE
         if len(members) > 1:  # an interval needs two examples; judging one needs MIN_SLICE
             row["difference"] = paired_difference(base, tuned, seed)
@@ -114,7 +121,9 @@ def perplexity_intervals(pairs: Sequence[Sequence[float]], seed: int) -> dict[st
     }
 
 
-def eval_statistics(samples: list[dict[str, Any]], perplexity_pairs: Sequence[Sequence[float]], seed: int) -> dict[str, Any]:
+def eval_statistics(
+    samples: list[dict[str, Any]], perplexity_pairs: Sequence[Sequence[float]], seed: int
+) -> dict[str, Any]:
     """Intervals, paired differences, win rate, slices and the sample-size planner from eval's side-by-side samples
     and the per-example perplexity log-likelihoods."""
     n = len(samples)
@@ -128,7 +137,9 @@ def eval_statistics(samples: list[dict[str, Any]], perplexity_pairs: Sequence[Se
             "difference": paired_difference(base, tuned, seed),
         }
     references = [s["reference"] for s in samples]
-    counts = {side: np.asarray(bleu_statistics([s[side] for s in samples], references)) for side in ("base", "finetuned")}
+    counts = {
+        side: np.asarray(bleu_statistics([s[side] for s in samples], references)) for side in ("base", "finetuned")
+    }
 
     def bleu(side: str) -> Callable[[np.ndarray], float]:
         return lambda i: bleu_from_statistics(counts[side][i])
@@ -157,7 +168,9 @@ def eval_statistics(samples: list[dict[str, Any]], perplexity_pairs: Sequence[Se
         "worst_intents": [r["intent"] for r in judged[:5]],
         "planner_rougeL": {
             "difference_sd": float(np.std(differences, ddof=1)),
-            "examples_to_detect": {str(effect): examples_needed(differences, effect) for effect in (0.01, 0.02, 0.03, 0.05)},
+            "examples_to_detect": {
+                str(effect): examples_needed(differences, effect) for effect in (0.01, 0.02, 0.03, 0.05)
+            },
             "examples_for_half_width_0.03": examples_for_half_width(differences, 0.03),
         },
     }

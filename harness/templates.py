@@ -6,9 +6,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from supportbench.io import SupportBenchError
+from supportbench.files import SupportBenchError
 
-SYSTEM_PROMPT = "You are a friendly, professional customer-support agent. Answer the customer's message helpfully and concisely."
+SYSTEM_PROMPT = (
+    "You are a friendly, professional customer-support agent. Answer the customer's message helpfully and concisely."
+)
 SEED_CUSTOMER = "### Customer:"
 SEED_AGENT = "### Support Agent:"
 # Role markers that chat templates use to open or close a turn; the ones a tokenizer knows become stops.
@@ -126,7 +128,9 @@ class ChatTemplate(Template):
         return tokenizer.apply_chat_template(self._messages(turns), tokenize=False, add_generation_prompt=True)
 
     def completion(self, response: str, tokenizer: Any = None) -> str:
-        end = next((m for m in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>") if m in (tokenizer.chat_template or "")), None)
+        end = next(
+            (m for m in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>") if m in (tokenizer.chat_template or "")), None
+        )
         return self.target(response) + (end or tokenizer.eos_token or "")
 
     def stop_sequences(self, tokenizer: Any = None) -> list[str]:

@@ -11,9 +11,16 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from supportbench.io import SupportBenchError, atomic_write_bytes, atomic_write_text, read_json, read_jsonl, read_yaml
+from supportbench.files import (
+    SupportBenchError,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_json,
+    read_jsonl,
+    read_yaml,
+)
+from supportbench.layout import BoardDir, RunDir
 from supportbench.metrics import METRICS
-from supportbench.run import BoardDir, RunDir
 
 SAMPLES_SHOWN = 8
 KINDS = ("html", "md")
@@ -49,7 +56,9 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
         "path": str(run.path),
         "train": _optional_json(run.manifest_path),
         "data": _optional_json(run.data.manifest_path),
-        "data_card": _demoted(run.data.data_card.read_text(encoding="utf-8")) if run.data.data_card.is_file() else None,
+        "data_card": _demoted(run.data.data_card.read_text(encoding="utf-8"))
+        if run.data.data_card.is_file()
+        else None,
         "data_card_png": _optional_png(run.data.data_card_png),
         "data_card_file": str(run.data.data_card_png.relative_to(run.path)),
         "eval": _optional_json(run.eval.metrics),
@@ -140,7 +149,7 @@ def variant_quality(run: dict[str, Any]) -> dict[str, float]:
 
 def write_quality_latency(run_dir: Path, run: dict[str, Any]) -> None:
     """Write bench/quality_latency.png (one point per variant, sized by peak memory) when bench and eval exist."""
-    from supportbench.plots import quality_latency_png
+    from supportbench.reports.plots import quality_latency_png
 
     quality = variant_quality(run)
     variants = (run["bench"] or {}).get("variants", {})
@@ -194,7 +203,10 @@ def comparison_rows(runs: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     ]
     for key, metric in METRICS.items():
         rows.append(
-            (f"{metric.label}, fine-tuned", [fmt(r["eval"]["metrics"]["finetuned"].get(key)) if r["eval"] else "—" for r in runs])
+            (
+                f"{metric.label}, fine-tuned",
+                [fmt(r["eval"]["metrics"]["finetuned"].get(key)) if r["eval"] else "—" for r in runs],
+            )
         )
     return rows
 
@@ -203,7 +215,15 @@ def write_table(
     paths: dict[str, Path], title: str, columns: list[str], rows: list[tuple[str, list[str]]], **page: Any
 ) -> list[Path]:
     """Render a column-per-item table page to each kind's path (atomically); `page` holds notes and an optional chart."""
-    context = {"title": title, "columns": columns, "rows": rows, "notes": [], "chart_png": None, "chart_file": None, **page}
+    context = {
+        "title": title,
+        "columns": columns,
+        "rows": rows,
+        "notes": [],
+        "chart_png": None,
+        "chart_file": None,
+        **page,
+    }
     for kind, path in paths.items():
         atomic_write_text(path, render("table.j2", kind, table_id=path.stem, **context))
     return list(paths.values())
@@ -218,14 +238,20 @@ def write_comparison(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     notes = ["Every figure is read from the runs' training manifests and evals; — marks a run without that part."]
     out = RunDir(out_dir)
     paths = {kind: out.comparison(kind) for kind in KINDS}
-    return write_table(paths, "SupportBench experiment comparison", [r["name"] for r in runs], comparison_rows(runs), notes=notes)
+    return write_table(
+        paths, "SupportBench experiment comparison", [r["name"] for r in runs], comparison_rows(runs), notes=notes
+    )
 
 
 def leaderboard_chart(rows: list[dict[str, Any]], metric: str, path: Path) -> dict[str, Any]:
     """Write the quality-against-latency PNG (point size by peak memory) to path; the page context that shows it."""
-    from supportbench.plots import quality_latency_png
+    from supportbench.reports.plots import quality_latency_png
 
-    points = [(r["model"], r["e2e_p50_s"], r["finetuned"][metric], r["peak_rss_mib"] / 10) for r in rows if r["status"] == "ok"]
+    points = [
+        (r["model"], r["e2e_p50_s"], r["finetuned"][metric], r["peak_rss_mib"] / 10)
+        for r in rows
+        if r["status"] == "ok"
+    ]
     if not points:
         return {}
     png = quality_latency_png(points, "reply latency p50 (s, merged model)", f"{METRICS[metric].label} (fine-tuned)")

@@ -10,7 +10,7 @@ import torch
 
 from supportbench import models
 from supportbench.device import pick_device
-from supportbench.io import SupportBenchError
+from supportbench.files import SupportBenchError
 
 
 def test_aliases_hub_ids_and_folders_resolve(tiny_model_dir):
@@ -57,7 +57,12 @@ def test_offline_hub_model_fails_clearly(monkeypatch):
 
 def test_cpu_gets_fp32():
     choice = pick_device("cpu")
-    assert (choice.dtype, choice.bf16, choice.fp16, choice.attn_implementation) == (torch.float32, False, False, "sdpa")
+    assert (choice.dtype, choice.bf16, choice.fp16, choice.attn_implementation) == (
+        torch.float32,
+        False,
+        False,
+        "sdpa",
+    )
 
 
 def test_killed_materialization_leaves_no_loadable_folder(monkeypatch):
@@ -82,3 +87,9 @@ def test_smollm2_materializes_once_then_reloads_fast(benchmark):
     assert models.availability(models.resolve("smollm2-135m")) == "offline (materialized)"
     model, _ = benchmark.pedantic(models.load_model, args=("smollm2-135m",), rounds=1, iterations=1)
     assert model.config.model_type == "llama"
+
+
+def test_an_unwritable_model_cache_is_named(monkeypatch):
+    monkeypatch.setenv("SUPPORTBENCH_CACHE", "/sys/fs/supportbench-cache")
+    with pytest.raises(SupportBenchError, match="cannot create the folder /sys/fs/supportbench-cache"):
+        models.materialize(models.resolve("smollm2-135m"))

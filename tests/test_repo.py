@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -38,11 +39,29 @@ def test_wheel_installs_one_namespace_with_its_data_files(tmp_path):
         "supportbench/tasks/customer_support/utils.py",
         "supportbench/trainers/presets/ci.yaml",
         "supportbench/registry.yaml",
-        "supportbench/placeholders.yaml",
+        "supportbench/prepare/placeholders.yaml",
+        "supportbench/prepare/pii_rules.yaml",
+        "supportbench/evaluation/gate_rules.yaml",
         "supportbench/reports/templates/report.j2",
         "supportbench/reports/notebook_reference.yaml",
     ):
         assert needed in names, needed
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True
+    )
+    code = "import supportbench, supportbench.evaluation, supportbench.prepare, supportbench.serve; print(supportbench.__file__)"
+    found = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True
+    )
+    assert found.returncode == 0 and Path(found.stdout.strip()).is_relative_to(target), found.stderr
+
+
+def test_the_package_top_holds_the_core_and_one_folder_per_stage():
+    core = sorted(p.name for p in (ROOT / "harness").glob("*.py"))
+    stages = sorted(p.parent.name for p in (ROOT / "harness").glob("*/__init__.py"))
+    assert len(core) <= 12, core
+    assert stages == ["bench", "cli", "deploy", "evaluation", "experiments", "prepare", "serve"]
 
 
 class _TaskLoader(yaml.SafeLoader):

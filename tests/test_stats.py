@@ -76,7 +76,9 @@ def test_perplexity_interval_of_a_known_corpus():
 
     pairs = [[-20.0, 10, -10.0, 10]] * 8  # every example: base exp(2), fine-tuned exp(1)
     result = perplexity_intervals(pairs, seed=0)
-    assert result["base"]["mean"] == pytest.approx(math.exp(2)) and result["finetuned"]["mean"] == pytest.approx(math.e)
+    assert result["base"]["mean"] == pytest.approx(math.exp(2)) and result["finetuned"]["mean"] == pytest.approx(
+        math.e
+    )
     assert result["difference"]["low"] == pytest.approx(math.e - math.exp(2))
 
 
@@ -89,7 +91,11 @@ def test_the_planner_matches_the_normal_approximation():
 
 def test_bleu_from_per_reply_statistics_equals_corpus_bleu():
     predictions = ["I can help you cancel order ORD-98765 today.", "Call us any time.", "Please visit our website."]
-    references = ["I can help you cancel your order ORD-98765.", "Our team is available 9 to 6.", "Visit our website now."]
+    references = [
+        "I can help you cancel your order ORD-98765.",
+        "Our team is available 9 to 6.",
+        "Visit our website now.",
+    ]
     rows = bleu_statistics(predictions, references)
     assert bleu_from_statistics(rows) == corpus_bleu(predictions, references)
     assert bleu_from_statistics(rows[:1]) == corpus_bleu(predictions[:1], references[:1])

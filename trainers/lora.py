@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from supportbench.config import DataConfig, TrainConfig, resolve_source
-from supportbench.data import prepare
 from supportbench.decoding import reply_budget
 from supportbench.device import DeviceChoice, machine_info, peak_memory, pick_device, process_state
-from supportbench.io import SupportBenchError, atomic_write_bytes, ensure_writable_dir, read_json, staged_dir, write_json
+from supportbench.files import (
+    SupportBenchError,
+    atomic_write_bytes,
+    ensure_writable_dir,
+    read_json,
+    staged_dir,
+    write_json,
+)
 from supportbench.launch import world_size
-from supportbench.metrics import percentile
+from supportbench.layout import SPLITS, RunDir, SplitDir
+from supportbench.metrics import token_cap
 from supportbench.models import load_model, model_path, resolve
-from supportbench.plots import loss_curve_png
-from supportbench.run import SPLITS, RunDir, SplitDir
+from supportbench.prepare.dataset import prepare
+from supportbench.reports.plots import loss_curve_png
 from supportbench.templates import get_template, row_turns
 
 
@@ -71,7 +79,10 @@ def reply_token_lengths(examples: list[dict[str, str]], tokenizer: Any) -> list[
 def check_turn_end(dataset: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
     """Check that every tokenized training example that fits max_length ends its trained tokens with the EOS token,
     so the model learns to end its turn; examples cut at max_length lose it and are counted."""
-    ends = [(len(ids) < max_length, labels[-1]) for ids, labels in zip(dataset["input_ids"], dataset["labels"], strict=True)]
+    ends = [
+        (len(ids) < max_length, labels[-1])
+        for ids, labels in zip(dataset["input_ids"], dataset["labels"], strict=True)
+    ]
     missing = sum(fits and last != tokenizer.eos_token_id for fits, last in ends)
     if missing:
         raise SupportBenchError(
@@ -101,7 +112,9 @@ def completion_logits_trainer(base: type) -> type:
             targets = targets[:, first:]
             logits = outputs.logits[:, :-1]  # the last position predicts nothing
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
-            loss = loss / (num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum().clamp(min=1))
+            loss = loss / (
+                num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum().clamp(min=1)
+            )
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as TRL: the count spans every process, DDP averages
             return (loss, outputs) if return_outputs else loss
@@ -111,11 +124,9 @@ def completion_logits_trainer(base: type) -> type:
 
 def choose_max_length(lengths: list[int], q: float) -> tuple[int, dict[str, Any]]:
     """Max length at the q-th percentile of the measured distribution, rounded up to a multiple of 8."""
-    max_length = int(math.ceil(percentile(lengths, q) / 8) * 8)
+    max_length = token_cap(lengths, q)
     stats = {
-        "p50": percentile(lengths, 50),
-        "p90": percentile(lengths, 90),
-        "p99": percentile(lengths, 99),
+        **{f"p{p}": float(np.percentile(lengths, p)) for p in (50, 90, 99)},
         "max": max(lengths),
         "percentile": q,
         "max_length": max_length,
@@ -136,7 +147,9 @@ def check_lora_targets(model_dir: str, targets: list[str] | str) -> None:
     linear = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
     missing = [t for t in targets if t not in linear]
     if missing:
-        raise SupportBenchError(f"LoRA target(s) {missing} not found in the model; its linear layers are {sorted(linear)}")
+        raise SupportBenchError(
+            f"LoRA target(s) {missing} not found in the model; its linear layers are {sorted(linear)}"
+        )
 
 
 def split_accumulation(config: TrainConfig, processes: int) -> tuple[int, str | None]:
@@ -267,7 +280,9 @@ class LoRARecipe:
         last = last_complete_checkpoint(run.checkpoints) if run.checkpoints.is_dir() else None
         if not self.resume:
             if last is not None:
-                raise SupportBenchError(f"{run.path} has checkpoints of an unfinished run; pass --resume to continue it")
+                raise SupportBenchError(
+                    f"{run.path} has checkpoints of an unfinished run; pass --resume to continue it"
+                )
             return None
         if last is None:
             raise SupportBenchError(f"--resume: {run.path} has no checkpoint to resume from")
@@ -280,7 +295,7 @@ class LoRARecipe:
         """Check every precondition (no file written, no weights loaded), then prepare data, model and trainer."""
         from transformers.trainer_callback import ProgressCallback
 
-        from supportbench.trainers.progress import ProgressBar
+        from supportbench.trainers.callbacks import ProgressBar
 
         config = self.config
         get_template(self.template)
@@ -335,7 +350,8 @@ class LoRARecipe:
         manifest (every process)."""
         run, state = self.run, self.trainer.state
         history = state.log_history
-        weights = self.trainer.accelerator.get_state_dict(self.trainer.model_wrapped)  # every process: FSDP gathers shards
+        # every process: FSDP gathers shards
+        weights = self.trainer.accelerator.get_state_dict(self.trainer.model_wrapped)
         if self.processes.is_main_process:
             with staged_dir(run.adapter) as tmp:
                 self.trainer.model.save_pretrained(tmp, state_dict=weights)
@@ -345,7 +361,9 @@ class LoRARecipe:
         evals = [h for h in history if "eval_loss" in h]
         eval_time = sum(h.get("eval_runtime", 0.0) for h in evals)
         trainable, total = self.trainer.model.get_nb_trainable_parameters()
-        train_losses = [h["loss"] for h in history if "loss" in h] or [h["train_loss"] for h in history if "train_loss" in h]
+        train_losses = [h["loss"] for h in history if "loss" in h] or [
+            h["train_loss"] for h in history if "train_loss" in h
+        ]
         tokens = int(state.num_input_tokens_seen)
         split = run.data.manifest()["splits"]
         manifest = {
@@ -356,7 +374,8 @@ class LoRARecipe:
             "train_examples": len(self.train_rows),
             "eval_examples": len(self.eval_rows),
             "token_lengths": self.length_stats,
-            "reply_tokens": self.reply_tokens,  # the generation budget: eval, bench and the app cap replies at its max_new_tokens
+            # the generation budget: eval, bench and the app cap replies at its max_new_tokens
+            "reply_tokens": self.reply_tokens,
             "turn_end": self.turn_end,
             "machine": machine_info(),
             "processes": {
@@ -367,12 +386,17 @@ class LoRARecipe:
                 "effective_batch": self.config.batch_size * self.accumulation * self.processes.num_processes,
                 "effective_batch_note": self.batch_note,
             },
-            "parameters": {"trainable": int(trainable), "total": int(total), "trainable_share": round(trainable / total, 5)},
+            "parameters": {
+                "trainable": int(trainable),
+                "total": int(total),
+                "trainable_share": round(trainable / total, 5),
+            },
             "steps": state.global_step,
             "wall_time_s": round(self.wall_s, 1),
             "tokens_seen": tokens,
             "eval_time_s": round(eval_time, 1),
-            "tokens_per_s": round((tokens - self.progress.start_tokens) / (self.wall_s - eval_time), 1),  # this session's
+            # this session's
+            "tokens_per_s": round((tokens - self.progress.start_tokens) / (self.wall_s - eval_time), 1),
             "memory": peak_memory(),
             "final_train_loss": train_losses[-1] if train_losses else None,
             "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
@@ -389,12 +413,12 @@ def train(
     """Run LoRA SFT into run_dir and return the run manifest; with reuse, return a finished identical run as is."""
     run = RunDir(run_dir)
     if reuse and run.is_finished:
-        manifest = run.trained()
-        diff = _config_diff(config, manifest["config"])
+        record = run.trained()
+        diff = _config_diff(config, record.config)
         if diff:
             raise SupportBenchError(f"--reuse: {run.path} holds a finished run with a different config ({diff})")
         print(f"reusing the finished run in {run.path}")
-        return manifest
+        return record.model_dump()
     recipe = LoRARecipe(config, run, resume=resume, data=data)
     recipe.setup()
     recipe.fit()

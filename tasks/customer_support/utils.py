@@ -13,11 +13,11 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
 from supportbench.config import DataConfig, resolve_source
-from supportbench.data import load_twcs_pairs, prepare
-from supportbench.io import SupportBenchError, sha256_file
+from supportbench.files import SupportBenchError, sha256_file
+from supportbench.layout import SplitDir
 from supportbench.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
 from supportbench.models import cache_root
-from supportbench.run import SplitDir
+from supportbench.prepare.dataset import load_twcs_pairs, prepare
 from supportbench.templates import cut_at_stops, get_template, has_runon, row_turns
 
 SPLIT_ENV = "SUPPORTBENCH_SPLIT"
@@ -39,14 +39,18 @@ def _rows(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     split, name = SplitDir(Path(data_dir)) if data_dir else _default_split(), metadata.get("split", "test")
     expected = metadata.get("sha256")
     if expected and split.split_path(name).is_file() and sha256_file(split.split_path(name)) != expected:
-        raise SupportBenchError(f"{split.split_path(name)} changed after it was checked (sha256 differs); refusing to score it")
+        raise SupportBenchError(
+            f"{split.split_path(name)} changed after it was checked (sha256 differs); refusing to score it"
+        )
     return split.rows(name)
 
 
 def _tokenizer_source(metadata: dict[str, Any]) -> str:
     source = metadata.get("tokenizer") or metadata.get("pretrained")
     if not source or not isinstance(source, str):
-        raise SupportBenchError('customer_support tasks need a tokenizer: pass --metadata \'{"tokenizer": "<id or dir>"}\'')
+        raise SupportBenchError(
+            'customer_support tasks need a tokenizer: pass --metadata \'{"tokenizer": "<id or dir>"}\''
+        )
     return source
 
 
@@ -126,7 +130,10 @@ class PerplexityTask(ConfigurableTask):
         kwargs.pop("apply_chat_template", None)
         kwargs.pop("chat_template", None)
         pairs = [(ctx, doc["target"]), ("", doc["prompt"])]
-        return [Instance(request_type="loglikelihood", doc=doc, arguments=pair, idx=i, **kwargs) for i, pair in enumerate(pairs)]
+        return [
+            Instance(request_type="loglikelihood", doc=doc, arguments=pair, idx=i, **kwargs)
+            for i, pair in enumerate(pairs)
+        ]
 
 
 def process_ppl(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, tuple[float, int]]:

@@ -1,0 +1,1 @@
+"""Benchmarks: latency and memory (pytest-benchmark), concurrent serving, eval speed, training throughput."""

@@ -1,0 +1,36 @@
+"""`supportbench app`: serve the Gradio assistant for a run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from supportbench.cli.options import add_command
+
+
+def run(args: argparse.Namespace) -> None:
+    """Serve the Gradio app for a run."""
+    from supportbench.serve.app import serve
+
+    serve(Path(args.run), port=args.port, share=args.share, backend=args.serve)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the command."""
+    p = add_command(
+        sub,
+        "app",
+        run,
+        "serve the Gradio assistant (Chat, Base vs Fine-Tuned, Model Performance)",
+        "Start the Gradio app for a run on 127.0.0.1: the fine-tuned model in Chat, base and fine-tuned side by "
+        "side, and the run's metrics, loss curve, latency and memory.",
+        run_folder="a finished training run folder",
+    )
+    p.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or the next free one)")
+    p.add_argument("--share", action="store_true", help="also create a public Gradio share link (default: off)")
+    p.add_argument(
+        "--serve",
+        default="auto",
+        choices=("auto", "exported", "transformers"),
+        help="auto: the exported model when `supportbench export` wrote one, else transformers (default: %(default)s)",
+    )

@@ -1,0 +1,90 @@
+"""The export stage: merge the adapter into its base and write deployable models into RUN/export/."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from pathlib import Path
+from typing import Any
+
+from supportbench.deploy import runtime
+from supportbench.files import SupportBenchError, ensure_writable_dir, read_json, sha256_file, staged_dir, write_json
+from supportbench.layout import RunDir
+from supportbench.models import model_path
+
+FORMATS = ("merged", runtime.FORMAT)  # the merged safetensors folder is always written
+
+
+def folder_mib(folder: Path) -> float:
+    """Size on disk of every file under a folder, in MiB."""
+    return round(sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20, 1)
+
+
+def export_run(run_dir: Path, to: str = runtime.FORMAT, force: bool = False) -> dict[str, Any]:
+    """Write RUN/export/merged (transformers, vLLM, TGI) and, for a runtime format, the fine-tuned and base models in it."""
+    if to not in FORMATS:
+        raise SupportBenchError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
+    run = RunDir(Path(run_dir).resolve())
+    trained = run.require_adapter()
+    ensure_writable_dir(run.path)
+    if run.export_manifest.is_file() and not force:
+        done = read_json(run.export_manifest)
+        if done["adapter_sha256"] == _adapter_sha(run) and to in done["formats"]:
+            return done
+    if to != "merged":
+        runtime.require_ctranslate2()  # before minutes of merging
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    model, tokenizer = run.load_variant("merged")
+    with staged_dir(run.merged) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    timings["merge_s"] = round(time.perf_counter() - started, 2)
+    manifest: dict[str, Any] = {
+        "run": str(run.path),
+        "base_model": trained.base_model,
+        "architecture": (model.config.architectures or [type(model).__name__])[0],
+        "adapter_sha256": _adapter_sha(run),
+        "formats": {"merged": {"path": str(run.merged), "dtype": "float32", "size_mib": folder_mib(run.merged)}},
+    }
+    if to != "merged":
+        for which, source in (("finetuned", run.merged), ("base", Path(model_path(trained.base_model)))):
+            started = time.perf_counter()
+            with staged_dir(run.exported(to, which)) as tmp:
+                runtime.convert(source, tmp)
+            timings[f"convert_{which}_s"] = round(time.perf_counter() - started, 2)
+        manifest["formats"][to] = {
+            "path": str(run.exported(to)),
+            "base_path": str(run.exported(to, "base")),
+            "runtime": f"ctranslate2 {importlib.metadata.version('ctranslate2')}",
+            "quantization": runtime.QUANTIZATION,
+            "size_mib": folder_mib(run.exported(to)),
+        }
+    manifest["timing_s"] = timings
+    write_json(run.export_manifest, manifest)
+    return manifest
+
+
+def _adapter_sha(run: RunDir) -> str:
+    return sha256_file(run.adapter / "adapter_model.safetensors")
+
+
+def exported_format(run_dir: Path) -> str | None:
+    """The runtime format the run was exported to, when its export matches the current adapter; else None."""
+    run = RunDir(Path(run_dir))
+    if not run.export_manifest.is_file():
+        return None
+    manifest = read_json(run.export_manifest)
+    if manifest["adapter_sha256"] != _adapter_sha(run):
+        raise SupportBenchError(
+            f"{run.export_dir} was exported from another adapter than {run.adapter}; run `supportbench export --force`"
+        )
+    return runtime.FORMAT if runtime.FORMAT in manifest["formats"] else None
+
+
+def summary_lines(manifest: dict[str, Any]) -> list[str]:
+    """One line per written format: its quantization or dtype, size and folder."""
+    return [
+        f"{name:<18} {written.get('quantization', written.get('dtype')):<8} {written['size_mib']:>8.1f} MiB  {written['path']}"
+        for name, written in manifest["formats"].items()
+    ]

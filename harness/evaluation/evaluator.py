@@ -1,0 +1,542 @@
+"""The eval stage: run the customer_support lm-eval tasks for base and base+LoRA, the same way, honestly."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import time
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from supportbench.config import EvalConfig
+from supportbench.decoding import MAX_AT_CAP_SHARE, Decoding, candidates, frozen, given_settings, pick, run_budget
+from supportbench.deploy.export import exported_format
+from supportbench.device import pick_device, process_state
+from supportbench.evaluation.score_cache import base_score_key, load_scores, store_scores
+from supportbench.files import (
+    SupportBenchError,
+    atomic_write_bytes,
+    ensure_writable_dir,
+    read_json,
+    read_jsonl,
+    sha256_file,
+    write_json,
+    write_jsonl,
+)
+from supportbench.launch import world_size
+from supportbench.layout import RunDir
+from supportbench.metrics import GEN_TASK, METRICS, PPL_TASK, ROUGE_TYPES, corpus_bleu
+from supportbench.models import model_path, resolve
+from supportbench.prepare.dataset import instruction_hash, load_twcs_pairs
+from supportbench.reports.plots import forest_png
+from supportbench.stats import eval_statistics, evidence_lines, mean_interval, paired_difference, signed_interval
+from supportbench.tasks import include_path
+from supportbench.templates import cut_at_stops
+
+
+def check_no_leakage(run: RunDir) -> dict[str, Any]:
+    """Hash the exact train and test bytes that will be scored, match them to the manifests, and count shared
+    normalized instructions in those rows; refuse on any mismatch or overlap."""
+    split, trained = run.data, run.trained()
+    manifest = split.manifest()["splits"]
+    hashes = {}
+    for name in ("train", "test"):
+        path = split.split_path(name)
+        hashes[name] = sha256_file(path) if path.is_file() else "missing"
+        if hashes[name] != manifest[name]["sha256"]:
+            raise SupportBenchError(
+                f"{split.split_path(name)} is not the {name} split its manifest describes (sha256 differs: edited, "
+                "truncated or missing); refusing to score"
+            )
+    if trained.split_sha256("train") != hashes["train"]:
+        raise SupportBenchError(
+            f"{split.path} no longer holds the split the adapter was trained on (train sha256 differs); refusing to score"
+        )
+    instructions = {name: {instruction_hash(r["instruction"]) for r in split.rows(name)} for name in ("train", "test")}
+    shared = len(instructions["train"] & instructions["test"])
+    if shared:
+        raise SupportBenchError(
+            f"test split shares {shared} normalized instruction(s) with the training split; refusing to score"
+        )
+    return {"train_sha256": hashes["train"], "test_sha256": hashes["test"], "shared_instructions": shared}
+
+
+def _metric(task_results: dict[str, Any], name: str) -> float:
+    return next(v for k, v in task_results.items() if k.split(",")[0] == name)
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+
+
+def check_backend(config: EvalConfig, adapter: Path) -> None:
+    """Fail before any work when the chosen backend cannot run here, or cannot serve the adapter."""
+    if config.backend != "vllm":
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise SupportBenchError(
+            "--backend vllm needs vLLM, which is not installed: `pip install vllm` on a machine with a GPU "
+            "(or use --backend hf, data-parallel with --num-processes N)"
+        )
+    vllm_lora_rank(adapter)
+
+
+def vllm_lora_rank(adapter: Path) -> int:
+    """The adapter's r rounded up to a max_lora_rank that vLLM accepts (its default of 16 refuses a larger adapter)."""
+    rank = read_json(Path(adapter) / "adapter_config.json")["r"]
+    if rank > VLLM_LORA_RANKS[-1]:
+        raise SupportBenchError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; {adapter} has r={rank}")
+    return next(r for r in VLLM_LORA_RANKS if r >= rank)
+
+
+def vllm_model_args(model_path: str, adapter: str | None, config: EvalConfig) -> dict[str, Any]:
+    """lm-eval's vLLM model arguments: the base, the adapter as a LoRA request with max_lora_rank raised to cover its
+    r (vLLM's default of 16 refuses a larger adapter), the parallel sizes, and the eval's token cap and seed."""
+    args = {
+        "pretrained": model_path,
+        "dtype": pick_device().dtype_name,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "data_parallel_size": config.data_parallel_size,
+        "batch_size": "auto",
+        "max_gen_toks": config.max_new_tokens,
+        "seed": config.seed,
+    }
+    if adapter:
+        args["lora_local_path"] = adapter
+        args["max_lora_rank"] = vllm_lora_rank(Path(adapter))
+    return args
+
+
+def load_lm(model_path: str, adapter: str | None, config: EvalConfig) -> Any:
+    """The lm-eval model for one scoring: vLLM, or transformers sharded over the launched processes."""
+    if config.backend == "vllm":
+        from lm_eval.api.registry import get_model
+
+        return get_model("vllm")(**vllm_model_args(model_path, adapter, config))
+    from lm_eval.models.huggingface import HFLM
+
+    device = pick_device()
+    lm = HFLM(
+        pretrained=model_path,
+        peft=adapter,
+        device=device.device,
+        dtype=device.dtype_name,
+        batch_size=config.gen_batch_size,
+    )
+    processes = process_state()
+    if processes.num_processes > 1 and lm.world_size == 1:
+        # lm-eval splits the requests over launched processes only when they hold GPUs; CPU processes split the same way
+        lm._rank, lm._world_size = processes.process_index, processes.num_processes
+    return lm
+
+
+def score_model(
+    model_path: str, adapter: str | None, metadata: dict[str, Any], config: EvalConfig, greedy_reference: bool = False
+) -> dict[str, Any] | None:
+    """Run generation (limited) and perplexity (whole split unless ppl_limit) for one model through lm-eval, and with
+    greedy_reference the notebook's plain greedy generation too; None in every launched process but the main one,
+    which gathers the results."""
+    from lm_eval import simple_evaluate
+
+    started = time.perf_counter()
+    lm = load_lm(model_path, adapter, config)
+    load_s = time.perf_counter() - started
+    gen = generation_scores(lm, model_path, metadata, config, config.limit)
+    reference = None
+    if greedy_reference:
+        reference = generation_scores(
+            lm, model_path, metadata, with_decoding(config, plain_greedy(config)), config.limit
+        )
+    t1 = time.perf_counter()
+    if config.backend == "hf":
+        lm.batch_size_per_gpu = config.ppl_batch_size  # HFLM has one batch size; scoring wants a narrower one
+    ppl = simple_evaluate(
+        tasks=[PPL_TASK], limit=config.ppl_limit, **_evaluate_kwargs(lm, model_path, metadata, config)
+    )
+    t2 = time.perf_counter()
+    if gen is None:
+        return None
+    generated = gen["samples"]
+    scored = sorted(ppl["samples"][PPL_TASK], key=lambda s: s["doc_id"])
+    budget = lm.max_length - config.max_new_tokens
+    truncated = sum(s["doc"]["prompt_tokens"] > budget for s in generated)
+    return {
+        "metrics": {**gen["metrics"], **{m: _metric(ppl["results"][PPL_TASK], m) for m in task_metrics(PPL_TASK)}},
+        "n": {
+            "generation": len(generated),
+            "perplexity": len(scored),
+            "prompts_left_truncated": truncated,
+            "context_budget_tokens": budget,
+        },
+        "timing_s": {"load": round(load_s, 2), "generation": gen["seconds"], "perplexity": round(t2 - t1, 1)},
+        "samples": [_example(s) for s in generated],  # in the split's order, however many processes scored them
+        "perplexity_items": {s["doc"]["id"]: list(s["perplexity"]) for s in scored},
+        "greedy_reference": reference and {"decoding": asdict(plain_greedy(config)), "metrics": reference["metrics"]},
+        "lm_eval_config": gen["lm_eval_config"],
+    }
+
+
+def task_metrics(task: str) -> list[str]:
+    """The metrics one of our lm-eval tasks reports."""
+    return [name for name, metric in METRICS.items() if metric.task == task]
+
+
+def generation_scores(
+    lm: Any, tokenizer_path: str, metadata: dict[str, Any], config: EvalConfig, limit: int | None
+) -> dict[str, Any] | None:
+    """Generate and score `limit` replies of the task's split with the config's decoding; None in every launched
+    process but the main one."""
+    from lm_eval import simple_evaluate
+
+    started = time.perf_counter()
+    gen = simple_evaluate(tasks=[GEN_TASK], limit=limit, **_evaluate_kwargs(lm, tokenizer_path, metadata, config))
+    if gen is None:
+        return None
+    return {
+        "metrics": {m: _metric(gen["results"][GEN_TASK], m) for m in task_metrics(GEN_TASK)},
+        "samples": sorted(gen["samples"][GEN_TASK], key=lambda s: s["doc_id"]),
+        "seconds": round(time.perf_counter() - started, 1),
+        "lm_eval_config": gen["config"],
+    }
+
+
+def config_decoding(config: EvalConfig) -> Decoding:
+    """The decoding a resolved eval config generates with."""
+    return Decoding(config.max_new_tokens, config.repetition_penalty, config.no_repeat_ngram_size)
+
+
+def plain_greedy(config: EvalConfig) -> Decoding:
+    """The notebook's decoding at the config's cap: greedy, no repetition controls."""
+    return Decoding(config.max_new_tokens)
+
+
+def with_decoding(config: EvalConfig, decoding: Decoding) -> EvalConfig:
+    """The config with every decoding setting filled in."""
+    return dataclasses.replace(config, **asdict(decoding))
+
+
+def _evaluate_kwargs(lm: Any, tokenizer_path: str, metadata: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
+    """simple_evaluate's arguments shared by every model scored: our tasks, seeds, samples kept, the decoding."""
+    from lm_eval.tasks import TaskManager
+
+    task_metadata = {**metadata, "tokenizer": tokenizer_path, "max_new_tokens": config.max_new_tokens}
+    manager = TaskManager(include_path=str(include_path()), include_defaults=False, metadata=task_metadata)
+    return {
+        "model": lm,
+        "task_manager": manager,
+        "log_samples": True,
+        "bootstrap_iters": 0,
+        "random_seed": config.seed,
+        "numpy_random_seed": config.seed,
+        "torch_random_seed": config.seed,
+        "gen_kwargs": {"max_gen_toks": config.max_new_tokens, **config_decoding(config).controls()},
+    }
+
+
+def validation_metadata(run: RunDir) -> dict[str, Any]:
+    """lm-eval task metadata that scores the run's validation split in its template."""
+    split = run.data
+    return {
+        "template": run.trained().template,
+        "data_dir": str(split.path),
+        "split": "validation",
+        "sha256": split.manifest()["splits"]["validation"]["sha256"],
+    }
+
+
+def choose_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> Decoding:
+    """Generate the validation split's first examples with the fine-tuned model under each candidate decoding, pick
+    one (decoding.pick) and freeze it in the run (decoding.json, main process); every process returns the choice."""
+    trained = run.trained()
+    path = model_path(trained.base_model)
+    cap = config.max_new_tokens or run_budget(run)
+    validation = {**metadata, **validation_metadata(run)}
+    tried = candidates(cap, ngram_controls=config.backend == "hf")
+    lm = load_lm(path, str(run.adapter), with_decoding(config, tried[0]))
+    scored = []
+    for candidate in tried:
+        result = generation_scores(lm, path, validation, with_decoding(config, candidate), config.validation_limit)
+        if result is not None:
+            rouge_l = mean_interval([s["rougeL"] for s in result["samples"]], config.seed)
+            scored.append(
+                {"decoding": asdict(candidate), **result["metrics"], "rougeL": rouge_l, "seconds": result["seconds"]}
+            )
+    processes = process_state()
+    if processes.is_main_process:
+        choice = pick(scored)
+        write_json(
+            run.decoding,
+            {
+                "chosen": asdict(choice),
+                "label": choice.label(),
+                "rule": f"best validation ROUGE-L among candidates with at most {MAX_AT_CAP_SHARE:.0%} of replies at the cap",
+                "budget": trained.reply_tokens and trained.reply_tokens.model_dump(),
+                "validation_examples": config.validation_limit,
+                "candidates": scored,
+            },
+        )
+    processes.wait_for_everyone()
+    return frozen(run)
+
+
+def _raw(sample: dict[str, Any]) -> str:
+    raw = sample["filtered_resps"][0]
+    return raw[0] if isinstance(raw, list) else raw
+
+
+def _example(sample: dict[str, Any]) -> dict[str, Any]:
+    """What eval keeps of one lm-eval generation sample: the doc's fields, the cut reply and its ROUGE scores."""
+    doc = sample["doc"]
+    reply = cut_at_stops(_raw(sample), doc["stop"])[0]
+    fields = {
+        "id": doc["id"],
+        "category": doc["category"],
+        "intent": doc["intent"],
+        "language": doc.get("language", ""),
+    }
+    fields["query"] = doc["instruction"]
+    return {**fields, "reference": doc["reference"], "reply": reply, **{m: sample[m] for m in ROUGE_TYPES}}
+
+
+def per_category(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """ROUGE means and corpus BLEU per category, from the per-example records."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for sample in samples:
+        groups[sample["category"]].append(sample)
+    table = {}
+    for category, members in sorted(groups.items()):
+        row = {m: sum(s[m] for s in members) / len(members) for m in ROUGE_TYPES}
+        row["bleu"] = corpus_bleu([s["reply"] for s in members], [s["reference"] for s in members])
+        row["n"] = len(members)
+        table[category] = row
+    return table
+
+
+def delta_pct(base: float, tuned: float) -> float | None:
+    """Relative change in percent, as the notebook showed it (None when the base is zero)."""
+    return None if base == 0 else 100.0 * (tuned - base) / base
+
+
+def check_adapter_applied(base: dict[str, Any], tuned: dict[str, Any]) -> None:
+    """Refuse to report a fine-tuned score that equals the base in every reply and log-likelihood: the adapter did nothing."""
+    same_replies = [s["reply"] for s in base["samples"]] == [s["reply"] for s in tuned["samples"]]
+    if same_replies and base["perplexity_items"] == tuned["perplexity_items"]:
+        raise SupportBenchError(
+            "the fine-tuned model's replies and log-likelihoods equal the base model's on every example: "
+            "the adapter was not applied (or changes nothing); refusing to report a fine-tuned score"
+        )
+
+
+def _check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
+    """Every eval precondition, checked before any model loads; returns the lm-eval task metadata."""
+    config.validate()
+    trained = run.require_adapter()
+    check_backend(config, run.adapter)
+    ensure_writable_dir(run.path)
+    metadata: dict[str, Any] = {"template": trained.template, "data_dir": str(run.data.path)}
+    leakage = check_no_leakage(run)
+    if config.twcs:
+        load_twcs_pairs(Path(config.twcs))  # missing, header-only or pairless files fail here, not after a model load
+        metadata["twcs"] = config.twcs
+    else:
+        metadata["sha256"] = leakage["test_sha256"]  # the task refuses to load other bytes than these
+    return {"metadata": metadata, "leakage": leakage, "trained": trained}
+
+
+def resolve_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> tuple[EvalConfig, str]:
+    """The config with its decoding filled in: the flags given, else the run's frozen decoding, else one chosen on the
+    validation split now (and frozen); with where it came from."""
+    flags = given_settings(asdict(config))
+    if len(flags) == len(Decoding.__dataclass_fields__):
+        return config, "command line"
+    chosen, source = frozen(run), f"frozen in {run.decoding.name}"
+    if chosen is None:
+        chosen, source = (
+            choose_decoding(run, config, metadata),
+            f"chosen on validation now, frozen in {run.decoding.name}",
+        )
+    return with_decoding(config, dataclasses.replace(chosen, **flags)), source
+
+
+def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
+    """Score base and base+adapter on the run's held-out split and write eval/ into the run folder; None in every
+    launched process but the main one."""
+    run = RunDir(run_dir)
+    checked = _check_before_work(run, config)
+    metadata, trained = checked["metadata"], checked["trained"]
+    base_name = trained.base_model
+    config, decoding_source = resolve_decoding(run, config, metadata)
+    if config.base_model and config.base_model != base_name:
+        return score_other_base(run, config, metadata)
+    path = model_path(base_name)
+    key = base_score_key(path, metadata, config)
+    base = load_scores(key)
+    base_from_cache = base is not None
+    if base is None:
+        base = score_model(path, None, metadata, config)
+        if base is not None:
+            store_scores(key, base)
+    decoding = config_decoding(config)
+    tuned = score_model(path, str(run.adapter), metadata, config, greedy_reference=not decoding.is_plain_greedy)
+    if base is None or tuned is None:
+        return None
+    check_adapter_applied(base, tuned)
+    by_id = {s["id"]: s for s in tuned["samples"]}
+    side_by_side = [
+        {
+            **{k: s[k] for k in ("id", "category", "intent", "language", "query", "reference")},
+            "base": s["reply"],
+            "finetuned": by_id[s["id"]]["reply"],
+            **{f"base_{m}": s[m] for m in ROUGE_TYPES},
+            **{f"finetuned_{m}": by_id[s["id"]][m] for m in ROUGE_TYPES},
+        }
+        for s in base["samples"]
+    ]
+    perplexity_pairs = [
+        [*base["perplexity_items"][i], *tuned["perplexity_items"][i]] for i in base["perplexity_items"]
+    ]
+    summary = {
+        "run": str(run.path),
+        "dataset": "twcs" if config.twcs else "heldout-test",
+        "base_model": base_name,
+        "template": trained.template,
+        "config": asdict(config),
+        "processes": world_size(),  # the examples were split over this many processes; the scores do not depend on it
+        "leakage_check": checked["leakage"],
+        "n": {"base": base["n"], "finetuned": tuned["n"]},
+        "caps": {
+            "generation_limit": config.limit,
+            "perplexity_limit": config.ppl_limit,
+            "max_new_tokens": config.max_new_tokens,
+        },
+        "decoding": {**asdict(decoding), "label": decoding.label(), "source": decoding_source},
+        "metrics": {"base": base["metrics"], "finetuned": tuned["metrics"]},
+        # the fine-tuned model decoded as the notebook did, when that differs
+        "greedy_reference": tuned["greedy_reference"],
+        "delta_pct": {m: delta_pct(base["metrics"][m], tuned["metrics"][m]) for m in base["metrics"]},
+        "timing_s": {"base": base["timing_s"], "finetuned": tuned["timing_s"]},
+        "base_scores": {"from_cache": base_from_cache, "key": key},
+        "lm_eval": {"version": importlib.metadata.version("lm_eval"), "config": base["lm_eval_config"]},
+    }
+    out = run.evaluation(ood=bool(config.twcs))
+    write_json(out.per_category, {"base": per_category(base["samples"]), "finetuned": per_category(tuned["samples"])})
+    write_jsonl(out.samples, side_by_side)
+    statistics = eval_statistics(side_by_side, perplexity_pairs, config.seed)
+    write_json(out.stats, statistics)
+    slices = [
+        (f"{r['intent']} (n={r['n']})", *(r["difference"][k] for k in ("mean", "low", "high")), r["judged"])
+        for r in statistics["by_intent"]
+        if "difference" in r
+    ]
+    if slices:
+        atomic_write_bytes(out.forest, forest_png(slices, "ROUGE-L, fine-tuned minus base (95% interval)"))
+    write_json(out.metrics, summary)
+    return summary
+
+
+def score_other_base(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """Score another base model alone on the run's held-out split, in its own template; write eval/base_models/."""
+    name = config.base_model
+    result = score_model(model_path(name), None, {**metadata, "template": resolve(name).template}, config)
+    if result is None:
+        return None
+    summary = {
+        "run": str(run.path),
+        "dataset": "twcs" if config.twcs else "heldout-test",
+        "base_model": name,
+        "template": resolve(name).template,
+        "config": asdict(config),
+        "n": {"base": result["n"]},
+        "metrics": {"base": result["metrics"]},
+        "timing_s": {"base": result["timing_s"]},
+        "lm_eval": {"version": importlib.metadata.version("lm_eval"), "config": result["lm_eval_config"]},
+    }
+    write_json(run.base_model_scores(name), summary)
+    return summary
+
+
+def score_exported(run_dir: Path) -> dict[str, Any]:
+    """Score the exported fine-tuned model with the settings of the run's fp32 eval, paired with it example by example."""
+    from supportbench.deploy import runtime
+
+    run = RunDir(Path(run_dir))
+    if not run.eval.metrics.is_file():
+        raise SupportBenchError(
+            f"{run.path} has no eval to pair the exported model with; run `supportbench eval --run {run.path}` first"
+        )
+    fp32 = read_json(run.eval.metrics)
+    if fp32["config"]["twcs"]:
+        raise SupportBenchError(
+            f"{run.eval.metrics} scores TWCS; the exported model pairs with the held-out split's eval"
+        )
+    config = EvalConfig(**fp32["config"])
+    checked = _check_before_work(run, config)
+    if exported_format(run.path) is None:
+        raise SupportBenchError(f"{run.path} has no exported model; run `supportbench export --run {run.path}` first")
+    folder = run.exported(runtime.FORMAT)
+    started = time.perf_counter()
+    lm = runtime.exported_lm(folder, config.gen_batch_size)
+    load_s = time.perf_counter() - started
+    gen = generation_scores(lm, str(folder), checked["metadata"], config, config.limit)
+    samples = [_example(s) for s in gen["samples"]]
+    reference = {s["id"]: s for s in read_jsonl(run.eval.samples)}
+    if set(reference) != {s["id"] for s in samples}:
+        raise SupportBenchError(
+            f"the exported eval scored other examples than {run.eval.samples}; refusing to pair them"
+        )
+    fp32_rouge = [reference[s["id"]]["finetuned_rougeL"] for s in samples]
+    summary = {
+        "format": runtime.FORMAT,
+        "path": str(folder),
+        "n": len(samples),
+        "metrics": {
+            "exported": gen["metrics"],
+            "fp32": {m: fp32["metrics"]["finetuned"][m] for m in task_metrics(GEN_TASK)},
+        },
+        "rougeL_difference": paired_difference(fp32_rouge, [s["rougeL"] for s in samples], config.seed),
+        "identical_replies": sum(reference[s["id"]]["finetuned"] == s["reply"] for s in samples),
+        "config": asdict(config),
+        "timing_s": {"load": round(load_s, 2), "generation": gen["seconds"]},
+    }
+    write_jsonl(run.exported_eval.samples, samples)
+    write_json(run.exported_eval.metrics, summary)
+    return summary
+
+
+def table_lines(summary: dict[str, Any]) -> list[str]:
+    """The base / fine-tuned / delta table, as the notebook printed it (base only for another base model)."""
+    base = summary["metrics"]["base"]
+    n = summary["n"]["base"]
+    header = f"{summary['dataset']}: {n['generation']} generated, {n['perplexity']} for perplexity"
+    if "finetuned" not in summary["metrics"]:
+        return [f"{summary['base_model']} (base, {summary['template']} template), {header}"] + [
+            f"{metric:<22}{value:>10.4f}" for metric, value in base.items()
+        ]
+    tuned, delta = summary["metrics"]["finetuned"], summary["delta_pct"]
+    if summary["base_scores"]["from_cache"]:
+        header += " (base scores reused from the cache)"
+    decoding = summary["decoding"]
+    lines = [header, f"decoding: {decoding['label']} ({decoding['source']})"]
+    lines.append(f"{'metric':<22}{'base':>10}{'fine-tuned':>12}{'change':>10}")
+    for metric in (m for m in METRICS if m in base):  # the declared order, also for base scores read from the cache
+        change = "n/a" if delta[metric] is None else f"{delta[metric]:+.1f}%"
+        lines.append(f"{metric:<22}{base[metric]:>10.4f}{tuned[metric]:>12.4f}{change:>10}")
+    if summary["greedy_reference"]:
+        greedy = summary["greedy_reference"]["metrics"]
+        shown = ", ".join(f"{m} {greedy[m]:.4f}" for m in ("rougeL", "bleu", "at_cap", "runon"))
+        lines.append(f"fine-tuned, plain greedy as the notebook decoded (reference): {shown}")
+    stats = RunDir(Path(summary["run"])).evaluation(ood=summary["dataset"] == "twcs").stats
+    return lines + evidence_lines(read_json(stats))[:2]
+
+
+def exported_lines(summary: dict[str, Any]) -> list[str]:
+    """The exported model against the fp32 fine-tuned model, metric by metric, with the paired ROUGE-L difference."""
+    exported, fp32 = summary["metrics"]["exported"], summary["metrics"]["fp32"]
+    lines = [f"{summary['format']} against the fp32 fine-tuned model, {summary['n']} examples (same prompts, greedy):"]
+    lines += [
+        f"{metric:<22}{fp32[metric]:>10.4f}{exported[metric]:>12.4f}"
+        for metric in ("rougeL", "bleu", "runon", "placeholder_leak")
+    ]
+    return [*lines, f"ROUGE-L exported - fp32: {signed_interval(summary['rougeL_difference'])}"]

@@ -1,0 +1,1 @@
+"""Experiments across runs: ranking base models and sweeping LoRA settings."""

@@ -1,0 +1,282 @@
+"""The run, prepared-split, leaderboard and sweep folders: the one module that knows their file names."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from supportbench.files import SupportBenchError, read_json, read_jsonl
+
+SPLITS = ("train", "validation", "test")
+VARIANTS = ("base", "lora", "merged")
+
+
+class Record(BaseModel):
+    """A stage's JSON record, read by other stages through its typed fields; fields it does not declare are kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    @classmethod
+    def read(cls, path: Path) -> Any:
+        """The record in path, or a clear error naming the file and the first field of the wrong shape."""
+        data = read_json(path)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "the top level"
+            raise SupportBenchError(f"{path} is not a valid {cls.__name__} ({where}: {first['msg']})") from None
+
+
+class ReplyBudget(Record):
+    """The new-token cap measured on the training replies."""
+
+    max_new_tokens: int
+
+
+class ParameterCount(Record):
+    """Trainable and total parameters of the adapted model."""
+
+    trainable: int
+    total: int
+
+
+class TrainRecord(Record):
+    """train.json: what a finished training run was, on which data, and what it measured."""
+
+    config: dict[str, Any]
+    template: str
+    data: dict[str, str]
+    reply_tokens: ReplyBudget | None = None
+    wall_time_s: float
+    parameters: ParameterCount
+
+    @property
+    def base_model(self) -> str:
+        """The base model the adapter was trained on: registry alias, hub id or folder."""
+        return self.config["model"]
+
+    def split_sha256(self, name: str) -> str:
+        """The sha256 of the split file the run trained (or validated) on."""
+        return self.data[name]
+
+
+@dataclass(frozen=True)
+class SplitDir:
+    """A folder written by `supportbench prepare`: one JSONL file per split plus manifest.json."""
+
+    path: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        """The manifest: config, counts, skipped rows and each split's sha256."""
+        return self.path / "manifest.json"
+
+    def split_path(self, name: str) -> Path:
+        """One split's JSONL file."""
+        return self.path / f"{name}.jsonl"
+
+    data_card = property(lambda self: self.path / "data_card.md", doc="The data card, rendered from the manifest.")
+    data_card_png = property(lambda self: self.path / "data_card.png", doc="The data card's length histograms.")
+
+    def outputs(self) -> list[Path]:
+        """Every file prepare writes here (and the only ones it may replace)."""
+        return [*(self.split_path(name) for name in SPLITS), self.data_card, self.data_card_png, self.manifest_path]
+
+    @property
+    def is_prepared(self) -> bool:
+        """True when a manifest is present."""
+        return self.manifest_path.is_file()
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest, with a clear error when the folder holds none."""
+        if not self.is_prepared:
+            raise SupportBenchError(
+                f"no prepared split at {self.path}; run `supportbench prepare --out {self.path}` first"
+            )
+        return read_json(self.manifest_path)
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        """Read one prepared split, with a clear error when the folder holds none."""
+        path = self.split_path(name)
+        if not path.is_file():
+            raise SupportBenchError(
+                f"no prepared {name} split at {path}; run `supportbench prepare --out {self.path}` first"
+            )
+        return read_jsonl(path)
+
+
+@dataclass(frozen=True)
+class EvalDir:
+    """One eval's outputs: metrics, per-category table, side-by-side samples, statistics and the forest plot."""
+
+    path: Path
+
+    metrics = property(lambda self: self.path / "metrics.json", doc="Summary metrics, n, timings and settings.")
+    per_category = property(lambda self: self.path / "per_category.json", doc="Metrics per category.")
+    samples = property(lambda self: self.path / "samples.jsonl", doc="Query, reference and both replies per example.")
+    stats = property(lambda self: self.path / "stats.json", doc="Intervals, paired differences, slices, planner.")
+    forest = property(lambda self: self.path / "forest.png", doc="The paired ROUGE-L difference per intent.")
+
+
+def safe_name(name: str) -> str:
+    """A model name or id as a single folder or file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/"))
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A training run folder and every stage's outputs inside it."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    data = property(lambda self: SplitDir(self.path / "data"), doc="The prepared split the run trains and scores on.")
+    adapter = property(lambda self: self.path / "adapter", doc="PEFT adapter (safetensors + adapter_config.json).")
+    checkpoints = property(lambda self: self.path / "checkpoints", doc="Trainer checkpoints for --resume.")
+    manifest_path = property(lambda self: self.path / "train.json", doc="The finished run's manifest.")
+    config_path = property(lambda self: self.path / "train_config.json", doc="The config of a started run.")
+    decoding = property(
+        lambda self: self.path / "decoding.json", doc="Decoding chosen on validation, frozen for every stage."
+    )
+    loss_history = property(lambda self: self.path / "loss_history.json", doc="The Trainer's log history.")
+    loss_curve = property(lambda self: self.path / "loss_curve.png", doc="Train and validation loss plot.")
+    eval = property(lambda self: EvalDir(self.path / "eval"), doc="Base vs fine-tuned on the held-out split.")
+    ood = property(lambda self: EvalDir(self.path / "eval" / "ood"), doc="Base vs fine-tuned on the TWCS tweets.")
+    bench_dir = property(lambda self: self.path / "bench", doc="Benchmark outputs.")
+    bench_raw = property(lambda self: self.path / "bench" / "pytest_benchmark.json", doc="pytest-benchmark's JSON.")
+    bench_summary = property(lambda self: self.path / "bench" / "summary.json", doc="One row per variant.")
+    eval_speed = property(lambda self: self.path / "bench" / "eval_speed.json", doc="Batched eval vs one at a time.")
+    train_throughput = property(
+        lambda self: self.path / "bench" / "train_throughput.json", doc="Training tokens/s arms."
+    )
+    serving_load = property(lambda self: self.path / "bench" / "serving.json", doc="Concurrent users per serving arm.")
+    quality_latency = property(
+        lambda self: self.path / "bench" / "quality_latency.png", doc="ROUGE-L against reply p50."
+    )
+    export_dir = property(lambda self: self.path / "export", doc="Deployable models written by `supportbench export`.")
+    export_manifest = property(lambda self: self.path / "export" / "export.json", doc="What export wrote, and how.")
+    merged = property(lambda self: self.path / "export" / "merged", doc="Adapter merged into the base: safetensors.")
+    exported_eval = property(lambda self: EvalDir(self.path / "eval" / "exported"), doc="The exported model's scores.")
+
+    def exported(self, fmt: str, model: str = "finetuned") -> Path:
+        """The folder of one exported runtime format, of the fine-tuned model or of its base."""
+        return self.path / "export" / f"{model}-{fmt}"
+
+    def evaluation(self, ood: bool) -> EvalDir:
+        """The eval folder of the held-out split, or of the out-of-domain TWCS pairs."""
+        return self.ood if ood else self.eval
+
+    def base_model_scores(self, model: str) -> Path:
+        """Scores of another base model on this run's split."""
+        return self.path / "eval" / "base_models" / f"{safe_name(model)}.json"
+
+    def report(self, kind: str) -> Path:
+        """report.html or report.md."""
+        return self.path / f"report.{kind}"
+
+    def gate(self, kind: str) -> Path:
+        """gate.json or gate.md: the release gate's verdict."""
+        return self.path / f"gate.{kind}"
+
+    def comparison(self, kind: str) -> Path:
+        """comparison.html or comparison.md."""
+        return self.path / f"comparison.{kind}"
+
+    @property
+    def is_finished(self) -> bool:
+        """True when training wrote its manifest."""
+        return self.manifest_path.is_file()
+
+    @property
+    def holds_run(self) -> bool:
+        """True when any training output is here (a started, interrupted or finished run)."""
+        return any(p.exists() for p in (self.manifest_path, self.config_path, self.adapter, self.checkpoints))
+
+    def trained(self) -> TrainRecord:
+        """The finished run's record, or a clear error naming the missing stage."""
+        if not self.is_finished:
+            raise SupportBenchError(
+                f"{self.path} holds no finished training run ({self.manifest_path.name}); run `supportbench train` first"
+            )
+        return TrainRecord.read(self.manifest_path)
+
+    @property
+    def base_model(self) -> str:
+        """The finished run's base model."""
+        return self.trained().base_model
+
+    def require_adapter(self) -> TrainRecord:
+        """The finished run's record, after checking that its adapter is complete."""
+        record = self.trained()
+        if not (self.adapter / "adapter_config.json").is_file():
+            raise SupportBenchError(
+                f"{self.path} has no LoRA adapter at {self.adapter}; train one with `supportbench train`"
+            )
+        return record
+
+    def load_variant(self, variant: str) -> tuple[Any, Any]:
+        """(model, tokenizer) for base, base+adapter (unmerged) or the merged model, in eval mode."""
+        if variant not in VARIANTS:
+            raise SupportBenchError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+        from supportbench.models import load_model
+
+        record = self.require_adapter() if variant != "base" else self.trained()
+        model, tokenizer = load_model(record.base_model)
+        if variant != "base":
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, self.adapter)
+            if variant == "merged":
+                model = model.merge_and_unload()
+        return model.eval(), tokenizer
+
+
+@dataclass(frozen=True)
+class BoardDir:
+    """A leaderboard folder: one run folder per model, plus leaderboard.json/.html/.md."""
+
+    path: Path
+
+    def run(self, model: str) -> RunDir:
+        """The run folder of one model."""
+        return RunDir(Path(self.path) / safe_name(model))
+
+    def failure(self, model: str) -> Path:
+        """The error of one model's failed job, kept for `rank --collect` until a later job of that model succeeds."""
+        return Path(self.path) / "failed" / f"{safe_name(model)}.json"
+
+    def page(self, kind: str) -> Path:
+        """leaderboard.json, .html or .md."""
+        return Path(self.path) / f"leaderboard.{kind}"
+
+    @property
+    def chart(self) -> Path:
+        """leaderboard.png: fine-tuned quality against reply latency."""
+        return Path(self.path) / "leaderboard.png"
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """A sweep folder: the prepared split, one run folder per trial, the study and what the sweep writes."""
+
+    path: Path
+
+    data = property(lambda self: SplitDir(self.path / "data"), doc="The split every trial trains and validates on.")
+    study = property(
+        lambda self: self.path / "study.db", doc="The Optuna study (SQLite): every trial, whatever its end."
+    )
+    summary = property(lambda self: self.path / "sweep.json", doc="Every trial's settings, state and scores.")
+    table = property(lambda self: self.path / "trials.md", doc="The trials as a Markdown table.")
+    chart = property(lambda self: self.path / "pareto.png", doc="Validation ROUGE-L against training minutes.")
+    best_preset = property(lambda self: self.path / "best.yaml", doc="The best trial's configuration as a preset.")
+
+    def trial(self, number: int) -> RunDir:
+        """One trial's run folder."""
+        return RunDir(self.path / "trials" / f"{number:03d}")

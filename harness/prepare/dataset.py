@@ -1,0 +1,535 @@
+"""Data preparation: load, validate, clean placeholders, split without leakage, write with a manifest."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+import re
+import sys
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from supportbench.config import DATA_ENV, OPTIONAL_COLUMNS, DataConfig, comma_list
+from supportbench.files import (
+    SupportBenchError,
+    atomic_write_bytes,
+    atomic_write_text,
+    ensure_writable_dir,
+    hub_reachable,
+    jsonl_bytes,
+    read_yaml,
+    sha256_file,
+    write_json,
+)
+from supportbench.layout import SPLITS, RunDir, SplitDir
+from supportbench.metrics import PLACEHOLDER
+from supportbench.prepare import card
+from supportbench.prepare.conversations import from_messages, from_threads, input_format
+from supportbench.prepare.pii import Scrubber, load_rules
+
+REQUIRED_COLUMNS = ("instruction", "response")
+# C0 control characters (NUL, ESC, ...) other than tab and newlines, and DEL: never useful in a reply.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long replies are data: lift csv's 131,072-character field cap
+
+
+@dataclass
+class LoadReport:
+    """What happened to every input row: kept, or skipped with a reason."""
+
+    rows_in: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def skip(self, row_number: int, reason: str) -> None:
+        """Record one skipped row (1-based record number, header not counted)."""
+        self.skipped.append({"row": row_number, "reason": reason})
+
+
+def normalize_instruction(text: str) -> str:
+    """Canonical form used for duplicate and cross-split overlap checks."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(text.split())
+
+
+def instruction_hash(text: str) -> str:
+    """Short stable hash of a normalized instruction, stored in manifests for leakage checks."""
+    return hashlib.sha256(normalize_instruction(text).encode("utf-8")).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_csv(path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise SupportBenchError(f"{path} is empty: no header row")
+    header = [h.strip().lstrip("\ufeff") for h in header]
+    rows = []
+    for number, values in enumerate(reader, start=1):
+        report.rows_in += 1
+        if len(values) != len(header):
+            report.skip(number, f"malformed row: expected {len(header)} fields, got {len(values)}")
+            continue
+        rows.append((number, dict(zip(header, values, strict=True))))
+    return header, rows
+
+
+def _read_jsonl(path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    header: dict[str, None] = {}
+    rows = []
+    lines = path.read_bytes().decode("utf-8", errors="surrogateescape").splitlines()
+    for number, line in enumerate((ln for ln in lines if ln.strip()), start=1):
+        report.rows_in += 1
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            report.skip(number, f"malformed JSON: {err.msg}")
+            continue
+        if not isinstance(row, dict):
+            report.skip(number, "malformed row: not a JSON object")
+            continue
+        header.update(dict.fromkeys(row))
+        rows.append((number, row))
+    return list(header), rows
+
+
+def _read_table(records: list[dict[str, Any]], columns: list[str], report: LoadReport):
+    report.rows_in = len(records)
+    return columns, list(enumerate(records, start=1))
+
+
+def load_rows(source: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]], LoadReport, dict[str, Any]]:
+    """Read a local CSV/JSONL/Parquet file or a hub dataset into numbered rows plus a load report."""
+    report = LoadReport()
+    path = Path(source).expanduser()
+    if path.suffix.lower() in (".csv", ".jsonl", ".json", ".parquet") or path.exists():
+        if not path.is_file():
+            raise SupportBenchError(f"data file not found: {path}")
+        suffix = path.suffix.lower()
+        info = {"kind": "file", "path": str(path), "sha256": sha256_file(path)}
+        if suffix == ".csv":
+            columns, rows = _read_csv(path, report)
+        elif suffix in (".jsonl", ".json"):
+            columns, rows = _read_jsonl(path, report)
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            columns, rows = _read_table(table.to_pylist(), table.column_names, report)
+        else:
+            raise SupportBenchError(f"unsupported data file type {suffix!r}: use .csv, .jsonl or .parquet")
+        return columns, rows, report, info
+    if not hub_reachable():
+        raise SupportBenchError(
+            f"cannot reach the Hugging Face hub to download {source!r}. Set {DATA_ENV}=/path/to/data.csv "
+            "(CSV, JSONL or Parquet with 'instruction' and 'response' columns) or pass --data PATH."
+        )
+    import datasets
+
+    dataset = datasets.load_dataset(source, split="train")
+    columns, rows = _read_table(dataset.to_list(), list(dataset.column_names), report)
+    return columns, rows, report, {"kind": "hub", "id": source, "fingerprint": dataset._fingerprint}
+
+
+# ---------------------------------------------------------------- cleaning
+
+
+def load_placeholder_map(extra: str | None = None) -> dict[str, str]:
+    """The bundled placeholder defaults, with a user's YAML map merged over them."""
+    bundled = resources.files("supportbench.prepare").joinpath("placeholders.yaml").read_text(encoding="utf-8")
+    mapping = read_yaml(bundled, "the bundled placeholders.yaml")
+    if extra:
+        path = Path(extra)
+        if not path.is_file():
+            raise SupportBenchError(f"placeholder map not found: {path}")
+        user = read_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+        if not isinstance(user, dict) or not all(isinstance(v, (str, int, float)) for v in user.values()):
+            raise SupportBenchError(f"placeholder map {path} must be a flat YAML mapping of key: value")
+        mapping.update(user)
+    return {str(k).strip().casefold(): str(v) for k, v in mapping.items()}
+
+
+class PlaceholderFiller:
+    """Replaces {{…}} placeholders with realistic values and counts what was mapped or fell back."""
+
+    def __init__(self, mapping: dict[str, str]):
+        self.mapping = mapping
+        self.mapped = 0
+        self.fallback: Counter[str] = Counter()
+
+    def _replace(self, match: re.Match[str]) -> str:
+        key = match.group(1).strip()
+        value = self.mapping.get(key.casefold())
+        if value is not None:
+            self.mapped += 1
+            return value
+        self.fallback[key] += 1
+        readable = re.sub(r"\s+anonymized$", "", key, flags=re.I).strip()
+        return readable or "the relevant details"
+
+    def __call__(self, text: str) -> str:
+        """Return text with every placeholder replaced."""
+        return PLACEHOLDER.sub(self._replace, text)
+
+    def coverage(self) -> dict[str, Any]:
+        """Counts of mapped and fallen-back placeholder occurrences, with the top fallback keys."""
+        total = self.mapped + sum(self.fallback.values())
+        return {
+            "occurrences": total,
+            "mapped": self.mapped,
+            "fallback": sum(self.fallback.values()),
+            "mapped_share": round(self.mapped / total, 4) if total else 1.0,
+            "fallback_keys": len(self.fallback),
+            "top_fallback": [[k, n] for k, n in sorted(self.fallback.items(), key=lambda kv: (-kv[1], kv[0]))[:15]],
+        }
+
+
+def _texts(row: dict[str, Any]) -> dict[str, str]:
+    """Every text field of an example: the exchange, the optional columns, and each history turn."""
+    fields = {c: row.get(c) for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
+    for i, (customer, agent) in enumerate(row.get("history") or []):
+        fields[f"history.{i}.customer"], fields[f"history.{i}.agent"] = customer, agent
+    return {c: "" if v is None else str(v) for c, v in fields.items()}
+
+
+def clean_rows(
+    rows, report: LoadReport, filler: PlaceholderFiller, controls: Counter[str], scrub: Callable[[str], str] | None
+) -> list[dict[str, Any]]:
+    """Validate fields, drop empty, badly encoded and duplicate examples (recorded), strip control characters
+    (counted in `controls`), replace personal data (`scrub`), and fill placeholders."""
+    kept: list[dict[str, Any]] = []
+    first_seen: dict[tuple[Any, ...], int] = {}
+
+    def clean(text: str) -> str:
+        return filler(scrub(text.strip()) if scrub else text.strip())
+
+    for number, row in rows:
+        texts = _texts(row)
+        if any("\udc80" <= ch <= "\udcff" for v in texts.values() for ch in v):
+            report.skip(number, "bad encoding: not valid UTF-8")
+            continue
+        found = [ch for v in texts.values() for ch in CONTROL_CHARACTERS.findall(v)]
+        if found:
+            controls["rows"] += 1
+            controls["characters"] += len(found)
+            controls.update(f"U+{ord(ch):04X}" for ch in found)
+            texts = {c: CONTROL_CHARACTERS.sub("", v) for c, v in texts.items()}
+        empty = [c for c in REQUIRED_COLUMNS if not texts[c].strip()]
+        if empty:
+            report.skip(number, f"empty field: {', '.join(empty)}")
+            continue
+        history = [
+            [texts[f"history.{i}.customer"], texts[f"history.{i}.agent"]] for i in range(len(row.get("history") or []))
+        ]
+        key = (
+            tuple(normalize_instruction(" ".join(turn)) for turn in history),
+            normalize_instruction(texts["instruction"]),
+            texts["response"].strip(),
+        )
+        if key in first_seen:
+            report.skip(number, f"duplicate of row {first_seen[key]}")
+            continue
+        first_seen[key] = number
+        example = {
+            "id": row.get("_id") or f"row-{number}",
+            "source_row": number,
+            "instruction": clean(texts["instruction"]),
+            "response": clean(texts["response"]),
+            **{c: texts[c].strip() for c in OPTIONAL_COLUMNS},
+        }
+        if "conversation" in row:
+            example["conversation"] = row["conversation"]
+            example["history"] = [[clean(customer), clean(agent)] for customer, agent in history]
+        kept.append(example)
+    return kept
+
+
+def detect_languages(rows: list[dict[str, Any]], languages: str) -> None:
+    """Set each row's `language`: the customer query's, by py3langid (offline) among the allowed languages."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE)
+    allowed = comma_list(languages)
+    unknown = sorted(set(allowed) - set(identifier.labels))
+    if unknown:
+        raise SupportBenchError(f"--languages: the detector knows no {unknown}; it knows {sorted(identifier.labels)}")
+    identifier.set_languages(allowed)
+    for row in rows:
+        row["language"] = identifier.classify(row["instruction"])[0]
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def _largest_remainder(weights: dict[str, int], total: int) -> dict[str, int]:
+    grand = sum(weights.values())
+    if grand == 0:
+        return {k: 0 for k in weights}
+    exact = {k: total * w / grand for k, w in weights.items()}
+    quota = {k: int(v) for k, v in exact.items()}
+    for k in sorted(weights, key=lambda k: (-(exact[k] - quota[k]), k))[: total - sum(quota.values())]:
+        quota[k] += 1
+    return quota
+
+
+def _split_groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows that must land in one split: those sharing a normalized instruction or a conversation, transitively
+    (union-find); each group is keyed by one of its normalized instructions."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for row in rows:
+        if "conversation" in row:
+            parent[root("\0" + row["conversation"])] = root(normalize_instruction(row["instruction"]))
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[root(normalize_instruction(row["instruction"]))].append(row)
+    return groups
+
+
+def split_rows(rows: list[dict[str, Any]], config: DataConfig) -> dict[str, list[dict[str, Any]]]:
+    """Seeded split stratified by intent; rows sharing a normalized instruction stay in one split."""
+    rng = random.Random(config.seed)
+    if config.mode == "notebook":
+        rows = rng.sample(rows, min(config.sample_size, len(rows)))
+        test_total = round(0.1 * len(rows))
+        val_total = min(config.validation_size, (len(rows) - test_total) // 10)
+    else:
+        test_total, val_total = config.test_size, config.validation_size
+    if test_total + val_total >= len(rows):
+        raise SupportBenchError(
+            f"{len(rows)} usable rows cannot hold a test split of {test_total} and a validation split of {val_total}"
+        )
+    groups = _split_groups(rows)
+    by_intent: dict[str, list[str]] = defaultdict(list)
+    for key, members in groups.items():
+        by_intent[members[0]["intent"] or "(none)"].append(key)
+    sizes = {intent: sum(len(groups[k]) for k in keys) for intent, keys in by_intent.items()}
+    test_quota = _largest_remainder(sizes, test_total)
+    val_quota = _largest_remainder(sizes, val_total)
+    splits: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
+    for intent in sorted(by_intent):
+        keys = sorted(by_intent[intent])
+        rng.shuffle(keys)
+        filled = {"test": 0, "validation": 0}
+        for key in keys:
+            members = groups[key]
+            if filled["test"] < test_quota[intent]:
+                target = "test"
+            elif filled["validation"] < val_quota[intent]:
+                target = "validation"
+            else:
+                target = "train"
+            filled[target] = filled.get(target, 0) + len(members)
+            splits[target].extend(members)
+    for name in SPLITS:  # a seeded shuffle, so that any prefix (eval --limit 50) samples every category
+        splits[name].sort(key=lambda r: r["source_row"])
+        rng.shuffle(splits[name])
+    return splits
+
+
+def overlap_report(splits: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    """Count normalized instructions and conversations shared by each pair of splits (all zero for a clean split)."""
+    keys = {
+        name: {normalize_instruction(r["instruction"]) for r in rows}
+        | {"\0" + r["conversation"] for r in rows if "conversation" in r}
+        for name, rows in splits.items()
+    }
+    names = sorted(keys)
+    return {f"{a}&{b}": len(keys[a] & keys[b]) for i, a in enumerate(names) for b in names[i + 1 :]}
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _mapped(config: DataConfig, columns: list[str], records: list[tuple[int, dict[str, Any]]]):
+    """Rename the file's columns as --columns says, and tell its format from the result; missing columns are errors."""
+    mapping = config.column_mapping()
+    unknown = sorted(set(mapping.values()) - set(columns))
+    if unknown:
+        raise SupportBenchError(
+            f"{config.source}: --columns names {unknown}, which the file lacks; its columns are {columns}"
+        )
+    rename = {source: target for target, source in mapping.items()}
+    if rename:
+        records = [(n, {rename.get(k, k): v for k, v in row.items()}) for n, row in records]
+        columns = [rename.get(c, c) for c in columns]
+    input_kind = input_format(columns)
+    needed = {
+        "pairs": REQUIRED_COLUMNS,
+        "messages": ("messages",),
+        "threads": ("text", "role") if "conversation" in columns else ("text", "role", "message_id", "reply_to"),
+    }[input_kind]
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise SupportBenchError(
+            f"{config.source}: missing required column(s) {', '.join(repr(c) for c in missing)}; found columns "
+            f"{columns} (map yours with --columns {needed[0]}=YOUR_COLUMN,...)"
+        )
+    return records, columns, input_kind
+
+
+def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str, Any]:
+    """Run the whole preparation and write the splits plus manifest.json into out_dir, each file atomically.
+
+    Only prepare's own files are ever replaced; a folder holding a training run is refused, and a folder
+    holding a different split or other files needs `force`."""
+    config.validate()
+    out = SplitDir(Path(out_dir))
+    if RunDir(out.path).holds_run:
+        raise SupportBenchError(
+            f"{out.path} holds a training run; prepare writes a split folder (a run keeps its own in data/), choose another --out"
+        )
+    found_columns, records, report, source_info = load_rows(config.source)
+    records, columns, input_kind = _mapped(config, found_columns, records)
+    filler = PlaceholderFiller(load_placeholder_map(config.placeholders))
+    scrub = Scrubber(load_rules(config.pii_rules), config.phone_region) if config.pii == "scrub" else None
+    controls: Counter[str] = Counter()
+    if input_kind == "pairs":
+        examples, example_report = records, report  # one example per row: a row is kept or skipped as a whole
+    else:
+        examples = (from_messages if input_kind == "messages" else from_threads)(records, report)
+        example_report = LoadReport(rows_in=len(examples))
+    kept = clean_rows(examples, example_report, filler, controls, scrub)
+    detect_languages(kept, config.languages)
+    splits = split_rows(kept, config)
+    overlap = overlap_report(splits)
+    if any(overlap.values()):
+        raise SupportBenchError(f"internal error: split overlap {overlap}")
+    manifest = {
+        "config": asdict(config),
+        "source": source_info,
+        "format": input_kind,
+        "columns": {
+            "found": found_columns,
+            "mapping": config.column_mapping(),
+            "used_optional": [c for c in OPTIONAL_COLUMNS if c in columns],
+        },
+        "counts": {
+            "rows_in": report.rows_in,
+            "kept": report.rows_in - len(report.skipped),
+            "skipped": len(report.skipped),
+            "skipped_by_reason": card.reason_counts(report.skipped),
+            "examples": len(kept),
+            "unused_after_sampling": len(kept) - sum(len(v) for v in splits.values()),
+        },
+        "skipped_rows": report.skipped,
+        "data_card": card.statistics(kept, example_report, scrub, input_kind),
+        "placeholders": filler.coverage(),
+        "control_characters_removed": dict(sorted(controls.items())),
+        "overlap": {"normalized_instruction_pairs": overlap, "shared_total": sum(overlap.values())},
+        "splits": {
+            name: {
+                "rows": len(rows_),
+                "file": out.split_path(name).name,
+                "by_category": dict(sorted(Counter(r["category"] or "(none)" for r in rows_).items())),
+                "intents": len({r["intent"] for r in rows_}),
+                "instruction_hashes": sorted({instruction_hash(r["instruction"]) for r in rows_}),
+            }
+            for name, rows_ in splits.items()
+        },
+    }
+    if manifest["counts"]["rows_in"] != manifest["counts"]["kept"] + manifest["counts"]["skipped"]:
+        raise SupportBenchError("internal error: rows in != kept + skipped")
+    ensure_writable_dir(out.path)  # the first write, after every check of the input
+    contents = {name: jsonl_bytes(rows_) for name, rows_ in splits.items()}
+    for name, data in contents.items():
+        manifest["splits"][name]["sha256"] = hashlib.sha256(data).hexdigest()
+    ours = set(out.outputs())
+    others = sorted(p.name for p in out.path.iterdir() if p not in ours) if out.path.is_dir() else []
+    if not force:
+        if out.is_prepared and out.manifest().get("splits") != manifest["splits"]:
+            raise SupportBenchError(
+                f"{out.path} already holds different data; pass --force to replace it or choose another --out"
+            )
+        if not out.is_prepared and others:
+            raise SupportBenchError(
+                f"{out.path} holds other files ({', '.join(others[:5])}); pass --force or choose another --out"
+            )
+    for name, data in contents.items():
+        atomic_write_bytes(out.split_path(name), data)
+    atomic_write_bytes(out.data_card_png, card.lengths_png(manifest))
+    atomic_write_text(out.data_card, card.markdown(manifest, out.data_card_png.name))
+    write_json(out.manifest_path, manifest)  # last: a manifest names only splits that are complete
+    return manifest
+
+
+def summary_lines(manifest: dict[str, Any], out_dir: Path) -> list[str]:
+    """A one-screen human summary of a prepare manifest."""
+    counts, ph = manifest["counts"], manifest["placeholders"]
+    lines = [
+        f"source       {manifest['source'].get('path') or manifest['source'].get('id')}",
+        f"rows         {counts['rows_in']} in = {counts['kept']} kept + {counts['skipped']} skipped",
+    ]
+    lines += [f"  skipped    {n} x {reason}" for reason, n in counts["skipped_by_reason"].items()]
+    for name in SPLITS:
+        s = manifest["splits"][name]
+        lines.append(f"{name:<12} {s['rows']:>5} rows  {s['intents']} intents  sha256 {s['sha256'][:12]}")
+    lines.append(f"overlap      {manifest['overlap']['normalized_instruction_pairs']}")
+    card_stats = manifest["data_card"]
+    lines.append(f"format       {manifest['format']}: {counts['examples']} examples kept")
+    pii = card_stats["pii"]
+    lines.append(
+        "pii          " + ("off (--pii keep)" if pii["mode"] == "keep" else f"replaced {pii['found'] or 'nothing'}")
+    )
+    lines.append(f"languages    {dict(list(card_stats['languages'].items())[:5])}")
+    lines.append(
+        f"placeholders {ph['occurrences']} found: {ph['mapped']} mapped ({ph['mapped_share']:.1%}), "
+        f"{ph['fallback']} readable fallback over {ph['fallback_keys']} keys"
+    )
+    lines.append(f"written to   {out_dir}")
+    return lines
+
+
+def load_twcs_pairs(path: Path) -> list[dict[str, Any]]:
+    """Customer tweet -> company reply pairs from a TWCS CSV, for out-of-domain scoring only."""
+    path = Path(path)
+    if not path.is_file():
+        raise SupportBenchError(f"TWCS file not found: {path}")
+    with open(path, encoding="utf-8", newline="") as handle:
+        tweets = list(csv.DictReader(handle))
+    needed = {"tweet_id", "author_id", "inbound", "text", "response_tweet_id"}
+    if not tweets:
+        raise SupportBenchError(f"{path}: no tweets (an empty or header-only TWCS file)")
+    if not needed <= set(tweets[0]):
+        raise SupportBenchError(f"{path}: missing TWCS column(s) {sorted(needed - set(tweets[0]))}")
+    by_id = {t["tweet_id"]: t for t in tweets}
+    strip = lambda text: re.sub(r"^(@\w+\s*)+", "", text).strip()  # noqa: E731
+    pairs = []
+    for tweet in tweets:
+        if tweet["inbound"] != "True":
+            continue
+        for reply_id in filter(None, tweet["response_tweet_id"].split(",")):
+            reply = by_id.get(reply_id)
+            if reply and reply["inbound"] == "False" and strip(tweet["text"]) and strip(reply["text"]):
+                pairs.append(
+                    {
+                        "id": f"twcs-{tweet['tweet_id']}-{reply_id}",
+                        "source_row": int(tweet["tweet_id"]),
+                        "instruction": strip(tweet["text"]),
+                        "response": strip(reply["text"]),
+                        "category": reply["author_id"],
+                        "intent": "twcs",
+                        "flags": "",
+                        "tags": "",
+                    }
+                )
+    if not pairs:
+        raise SupportBenchError(f"{path}: no customer tweet is answered by a company reply; nothing to score")
+    return pairs

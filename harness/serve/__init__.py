@@ -1,0 +1,1 @@
+"""Serving: the assistant behind the Gradio app and its OpenAI-compatible API."""

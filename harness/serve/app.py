@@ -1,0 +1,155 @@
+"""The Gradio app: Chat, Base vs Fine-Tuned, and Model Performance, all driven by one run folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from supportbench.files import SupportBenchError
+from supportbench.layout import RunDir
+from supportbench.reports.render import collect_run, render
+from supportbench.serve.assistant import Assistant
+from supportbench.serve.openai_api import openai_routes
+from supportbench.templates import Turn
+
+CONCURRENT_REQUESTS = 8  # requests handed to the backend at once: the exported runtime decodes them as one batch
+EXAMPLES = [
+    "I want to cancel my order, how do I do that?",
+    "Where is my refund? It has been two weeks.",
+    "How can I change the shipping address on my order?",
+    "I forgot my password and cannot log in.",
+]
+
+
+def _text(content: Any) -> str:
+    """Message content as plain text (Gradio may hand back a list of typed parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+    if isinstance(content, dict):
+        return str(content.get("text", ""))
+    return str(content)
+
+
+def history_turns(history: list[dict[str, Any]]) -> list[Turn]:
+    """Chatbot messages ({role, content}) as completed customer/agent turns."""
+    turns, pending = [], None
+    for message in history:
+        if message["role"] == "user":
+            pending = _text(message["content"])
+        elif message["role"] == "assistant" and pending is not None:
+            turns.append(Turn(pending, _text(message["content"])))
+            pending = None
+    return turns
+
+
+def chat(
+    assistant: Assistant, message: str, history: list[dict[str, Any]], max_tokens: int
+) -> Iterator[tuple[list, str]]:
+    """Chat tab handler: stream the fine-tuned reply into the conversation; clears the textbox."""
+    history = list(history or [])
+    try:
+        query = assistant.check_query(message)
+        turns = history_turns(history)
+        history += [{"role": "user", "content": query}, {"role": "assistant", "content": ""}]
+        for partial in assistant.stream(turns, query, finetuned=True, max_new_tokens=int(max_tokens)):
+            history[-1] = {"role": "assistant", "content": partial}
+            yield history, ""
+    except SupportBenchError as err:
+        yield history + [{"role": "assistant", "content": f"⚠️ {err}"}], message or ""
+
+
+def compare(assistant: Assistant, message: str, max_tokens: int) -> tuple[str, str, str, str]:
+    """Base vs Fine-Tuned handler: one query to both models; answers and latencies side by side."""
+    try:
+        base = assistant.reply([], message, finetuned=False, max_new_tokens=int(max_tokens))
+        tuned = assistant.reply([], message, finetuned=True, max_new_tokens=int(max_tokens))
+    except SupportBenchError as err:
+        return f"⚠️ {err}", "", f"⚠️ {err}", ""
+
+    def latency(reply):
+        first = "—" if reply.ttft_seconds is None else f"{reply.ttft_seconds:.2f} s"
+        return f"{reply.seconds:.2f} s total, first token after {first}"
+
+    return base.text, latency(base), tuned.text, latency(tuned)
+
+
+def performance_markdown(run_dir: Path) -> str:
+    """Model Performance tab: the report's Markdown, read from the run's files (missing parts say so)."""
+    return render("report.j2", "md", run=collect_run(run_dir), show_loss_curve=False)  # the tab shows the PNG itself
+
+
+def build_app(run_dir: Path, assistant: Assistant | None = None):
+    """The Gradio Blocks app for a run folder."""
+    import gradio as gr
+
+    assistant = assistant or Assistant(run_dir)
+    curve = RunDir(run_dir).loss_curve
+    cap = assistant.decoding.max_new_tokens  # the run's budget: its training replies' p99 length
+    slider_max = max(512, cap)
+    with gr.Blocks(title="SupportBench assistant", analytics_enabled=False) as app:
+        intro = f"Base model `{assistant.model_name}` with the LoRA adapter of `{run_dir}`"
+        intro += f", served by {assistant.backend.description}."
+        gr.Markdown(f"# SupportBench customer-support assistant\n{intro}")
+        with gr.Tab("Chat", id="chat"):
+            chatbot = gr.Chatbot(label="Conversation", elem_id="chatbot", height=420)
+            with gr.Row():
+                query = gr.Textbox(
+                    label="Your message", placeholder="Ask the support agent…", elem_id="chat-input", scale=5
+                )
+                send = gr.Button("Send", variant="primary", elem_id="chat-send", scale=1)
+            max_tokens = gr.Slider(16, slider_max, value=cap, step=8, label="Max reply tokens")
+            gr.Examples(EXAMPLES, inputs=query)
+            clear = gr.Button("Clear conversation")
+
+            def on_chat(message, history, tokens):
+                yield from chat(assistant, message, history, tokens)
+
+            event = dict(fn=on_chat, inputs=[query, chatbot, max_tokens], outputs=[chatbot, query])
+            send.click(api_name="chat", **event)
+            query.submit(api_name=False, **event)
+            clear.click(lambda: ([], ""), outputs=[chatbot, query], api_name=False)
+        with gr.Tab("Base vs Fine-Tuned", id="compare"):
+            compare_query = gr.Textbox(label="Customer query", elem_id="compare-input")
+            compare_tokens = gr.Slider(16, slider_max, value=cap, step=8, label="Max reply tokens")
+            run_compare = gr.Button("Compare", variant="primary", elem_id="compare-run")
+            with gr.Row():
+                with gr.Column():
+                    base_text = gr.Textbox(label="Base model", lines=8, elem_id="base-answer")
+                    base_latency = gr.Markdown(elem_id="base-latency")
+                with gr.Column():
+                    tuned_text = gr.Textbox(label="Fine-tuned model", lines=8, elem_id="tuned-answer")
+                    tuned_latency = gr.Markdown(elem_id="tuned-latency")
+            run_compare.click(
+                lambda m, t: compare(assistant, m, t),
+                inputs=[compare_query, compare_tokens],
+                outputs=[base_text, base_latency, tuned_text, tuned_latency],
+                api_name="compare",
+            )
+        with gr.Tab("Model Performance", id="performance"):
+            gr.Markdown(performance_markdown(run_dir), elem_id="performance")
+            if curve.is_file():
+                gr.Image(str(curve), label="Loss curve", elem_id="loss-curve", interactive=False)
+    app.queue(default_concurrency_limit=CONCURRENT_REQUESTS, max_size=64)  # the backend batches or serializes them
+    return app
+
+
+def serve(run_dir: Path, port: int | None = None, share: bool = False, backend: str = "auto") -> None:
+    """Serve the app and the OpenAI-compatible /v1 routes on 127.0.0.1 (analytics off; a share link only if asked)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+    import uvicorn
+    from fastapi import FastAPI
+
+    assistant = Assistant(Path(run_dir), serve=backend, max_batch=CONCURRENT_REQUESTS)
+    print(f"serving {assistant.model_name}: {assistant.backend.description}")
+    blocks = build_app(Path(run_dir), assistant)
+    if share:  # a share link needs Gradio's own launcher, which serves the UI only
+        blocks.launch(server_name="127.0.0.1", server_port=port, share=True, show_error=True)
+        return
+    api = FastAPI(title="SupportBench assistant")
+    api.include_router(openai_routes(assistant))
+    uvicorn.run(gr.mount_gradio_app(api, blocks, path="/", show_error=True), host="127.0.0.1", port=port or 7860)

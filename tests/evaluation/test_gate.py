@@ -1,0 +1,146 @@
+"""The release gate: passes a clear improvement, names the failing rule, refuses baselines it cannot compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from supportbench.cli import main
+from supportbench.files import read_json, write_json, write_jsonl
+from supportbench.layout import RunDir
+from supportbench.stats import eval_statistics
+
+
+def evaluated_run(
+    folder: Path,
+    base: np.ndarray,
+    tuned: np.ndarray,
+    test_sha: str = "a" * 64,
+    limit: int = 50,
+    at_cap: float | None = 0.0,
+) -> RunDir:
+    """A run folder holding only what the gate reads: a training manifest and an eval with statistics."""
+    run = RunDir(folder)
+    record = {"template": "seed", "config": {"model": "tiny"}, "data": {"dir": "data", "train": "b" * 64}}
+    write_json(run.manifest_path, {**record, "wall_time_s": 1.0, "parameters": {"trainable": 1, "total": 2}})
+    samples = [
+        {
+            "id": f"row-{i}",
+            "category": "ORDER",
+            "intent": f"intent_{i % 3}",
+            "query": "where is my order",
+            "reference": "Your order ORD-98765 is on its way.",
+            "base": "Hello.",
+            "finetuned": "Your order is on its way.",
+            **{f"base_{m}": float(b) for m in ("rouge1", "rouge2", "rougeL")},
+            **{f"finetuned_{m}": float(t) for m in ("rouge1", "rouge2", "rougeL")},
+        }
+        for i, (b, t) in enumerate(zip(base, tuned, strict=True))
+    ]
+    write_jsonl(run.eval.samples, samples)
+    write_json(run.eval.stats, eval_statistics(samples, [[-20.0, 10, -15.0, 10]] * len(samples), seed=1234))
+    write_json(
+        run.eval.metrics,
+        {
+            "template": "seed",
+            "dataset": "heldout-test",
+            "leakage_check": {"test_sha256": test_sha},
+            "config": {"limit": limit, "ppl_limit": None, "max_new_tokens": 100, "seed": 1234},
+            "metrics": {"finetuned": {"runon": 0.0, "placeholder_leak": 0.0, "at_cap": at_cap}},
+        },
+    )
+    return run
+
+
+@pytest.fixture
+def scores() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.1, 0.2, 60)
+    return base, base + 0.1 + rng.normal(0, 0.02, 60)
+
+
+def test_a_clear_improvement_passes_and_is_written(tmp_path, scores, monkeypatch, capsys):
+    run = evaluated_run(tmp_path / "run", *scores)
+    summary = tmp_path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    assert main(["gate", "--run", str(run.path)]) == 0
+    out = capsys.readouterr().out
+    assert "gate passed" in out and "fine-tuned wins on ROUGE-L in 100% of examples" in out
+    assert "3 of 3 intents have the 10+ examples to be judged" in out  # 20 examples each
+    verdict = read_json(run.gate("json"))
+    assert (
+        verdict["passed"] and {c["rule"]: c["passed"] for c in verdict["checks"]}["non_inferior_to_baseline"] is None
+    )
+    assert "PASSED" in run.gate("md").read_text() and "PASSED" in summary.read_text()
+
+
+def test_a_clearly_better_baseline_fails_non_inferiority(tmp_path, scores, capsys):
+    base, tuned = scores
+    run = evaluated_run(tmp_path / "run", base, tuned)
+    better = evaluated_run(tmp_path / "better", base, tuned + 0.1)
+    assert main(["gate", "--run", str(run.path), "--baseline", str(better.path)]) == 1
+    assert "gate FAILED: non_inferior_to_baseline" in capsys.readouterr().err
+    assert read_json(run.gate("json"))["failed"] == ["non_inferior_to_baseline"]
+    assert main(["gate", "--run", str(run.path), "--baseline", str(run.eval.metrics)]) == 0  # itself: no worse
+
+
+@pytest.mark.parametrize("at_cap, shown", [(0.05, "0.0500"), (None, "not measured")])
+def test_too_many_replies_at_the_token_cap_fail_the_gate(tmp_path, scores, capsys, at_cap, shown):
+    run = evaluated_run(tmp_path / "run", *scores, at_cap=at_cap)
+    assert main(["gate", "--run", str(run.path)]) == 1
+    assert "gate FAILED: max_at_cap_share" in capsys.readouterr().err
+    (check,) = [c for c in read_json(run.gate("json"))["checks"] if c["rule"] == "max_at_cap_share"]
+    assert check["value"].startswith(shown) and check["needs"] == "<= 0.02"
+
+
+def test_impossible_rules_fail_and_name_the_rule(tmp_path, scores, capsys):
+    run = evaluated_run(tmp_path / "run", *scores)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("beats_base: {metric: rougeL, min_lower_bound: 5.0}\nmax_runon_share: 0.0\n")
+    assert main(["gate", "--run", str(run.path), "--rules", str(rules)]) == 1
+    err = capsys.readouterr().err
+    assert "gate FAILED: beats_base" in err and "max_runon_share" not in err
+
+
+@pytest.mark.parametrize(
+    "other, reason",
+    [
+        ({"test_sha": "b" * 64}, "it was scored on a different test split"),
+        ({"limit": 200}, "its eval setting limit is 200, this run's is 50"),
+    ],
+)
+def test_an_incomparable_baseline_is_refused_with_the_reason(tmp_path, scores, other, reason, capsys):
+    run = evaluated_run(tmp_path / "run", *scores)
+    baseline = evaluated_run(tmp_path / "baseline", *scores, **other)
+    assert main(["gate", "--run", str(run.path), "--baseline", str(baseline.path)]) == 2
+    assert reason in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("beats_bass: {metric: rougeL, min_lower_bound: 0}\n", "unknown gate rule 'beats_bass'"),
+        ("beats_base: {metric: rougeL}\n", "needs exactly the keys"),
+        ("non_inferior_to_baseline: {metric: bleu, margin: 0.02}\n", "cannot use metric 'bleu'"),
+        ("max_runon_share: lots\n", "needs numbers"),
+    ],
+)
+def test_bad_rules_are_named(tmp_path, scores, text, message, capsys):
+    run = evaluated_run(tmp_path / "run", *scores)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(text)
+    assert main(["gate", "--run", str(run.path), "--rules", str(rules)]) == 2
+    assert message in capsys.readouterr().err
+    assert not run.gate("json").exists()
+
+
+def test_perplexity_gains_point_the_right_way(tmp_path, scores):
+    from supportbench.evaluation.gate import apply_rules
+
+    run = evaluated_run(tmp_path / "run", *scores)  # perplexity falls from exp(2) to exp(1.5): a gain
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(json.dumps({"beats_base": {"metric": "perplexity", "min_lower_bound": 0.0}}))
+    assert apply_rules(run.path, rules_file=str(rules))["passed"]

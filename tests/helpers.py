@@ -1,0 +1,127 @@
+"""Test helpers: small data files written by the tests, a tiny offline model, and paths to the shared data."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from supportbench.config import TrainConfig
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+BITEXT = Path(os.environ.get("SUPPORTBENCH_DATA") or SHARED / "bitext" / "bitext_customer_support_4514.csv")
+TWCS = SHARED / "twcs" / "twcs_sample_1000.csv"
+INTENTS = {
+    "cancel_order": "ORDER",
+    "track_refund": "REFUND",
+    "recover_password": "ACCOUNT",
+    "change_shipping_address": "SHIPPING_ADDRESS",
+}
+
+
+def fixture_rows(per_intent: int = 30) -> list[dict[str, str]]:
+    """Synthetic Bitext-like rows: 4 intents, distinct instructions, placeholders in responses."""
+    rows = []
+    for intent, category in INTENTS.items():
+        for i in range(per_intent):
+            rows.append(
+                {
+                    "instruction": f"please help me {intent.replace('_', ' ')} number {i} today",
+                    "response": f"Sure, I can help with {intent.replace('_', ' ')} for {{{{Order Number}}}}. "
+                    f"Visit {{{{Website Name}}}} or call {{{{Customer Support Phone Number}}}}. Case {i}.",
+                    "intent": intent,
+                    "category": category,
+                    "flags": "B",
+                    "tags": "BL",
+                }
+            )
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]], columns: list[str] | None = None) -> Path:
+    """Write rows to a CSV with the given (or the rows') columns."""
+    columns = columns or list(rows[0])
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def small_split(tmp_path: Path, out: Path, rows: list[dict[str, str]] | None = None, **config: Any) -> dict[str, Any]:
+    """Prepare the fixture rows (or `rows`) into out with a 16-row test and 8-row validation split."""
+    from supportbench.config import DataConfig
+    from supportbench.prepare.dataset import prepare
+
+    source = str(write_csv(tmp_path / "d.csv", rows or fixture_rows()))
+    return prepare(DataConfig(source=source, **{"test_size": 16, "validation_size": 8, **config}), out)
+
+
+def trained_copy(run: Path, dest: Path, *ignore: str) -> Path:
+    """A copy of a trained run without what later stages (other tests included) wrote into it."""
+    later = ("eval", "bench", "decoding.json", "report.*", "comparison.*")
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns(*later, *ignore))
+    return dest
+
+
+def tiny_config(model_dir: Path, **overrides: Any) -> TrainConfig:
+    """A few-step LoRA config for the tiny model; keyword arguments override it."""
+    values = dict(
+        model=str(model_dir),
+        template="seed",
+        max_steps=4,
+        batch_size=4,
+        gradient_accumulation=1,
+        save_steps=2,
+        max_eval_examples=8,
+        learning_rate=1e-3,
+        logging_steps=1,
+    )
+    return TrainConfig(**{**values, **overrides})
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+
+
+def build_tiny_model(folder: Path, corpus: list[str], seed: int = 0) -> Path:
+    """Write config, random weights and a tokenizer trained on corpus into folder; return folder."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    core.train_from_iterator(corpus, trainers.WordLevelTrainer(vocab_size=2000, special_tokens=SPECIAL))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|endoftext|>"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,229 @@
+"""prepare: loading, cleaning, placeholders and the leak-free split."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from helpers import BITEXT, TWCS, fixture_rows, small_split, trained_copy, write_csv
+
+from supportbench.config import DataConfig
+from supportbench.files import SupportBenchError, read_json
+from supportbench.layout import RunDir
+from supportbench.prepare.dataset import (
+    PlaceholderFiller,
+    load_placeholder_map,
+    load_twcs_pairs,
+    normalize_instruction,
+    prepare,
+)
+
+
+def _prepare(path: Path, out: Path, **kwargs) -> dict:
+    return prepare(
+        DataConfig(
+            source=str(path),
+            test_size=kwargs.pop("test_size", 20),
+            validation_size=kwargs.pop("validation_size", 8),
+            **kwargs,
+        ),
+        out,
+    )
+
+
+def _read(out: Path, split: str) -> list[dict]:
+    return [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+
+
+def test_counts_add_up_and_bad_rows_are_reported(tmp_path):
+    rows = fixture_rows()
+    rows[3]["response"] = "   "
+    rows[5]["instruction"] = ""
+    rows[7] = dict(rows[6])  # exact duplicate of the row before it
+    path = write_csv(tmp_path / "d.csv", rows)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("only,three,fields\n")
+    with open(path, "ab") as handle:
+        handle.write(b"bad \xff\xfe bytes,some response,cancel_order,ORDER,B,BL\n")
+    manifest = _prepare(path, tmp_path / "out")
+    counts = manifest["counts"]
+    assert counts["rows_in"] == len(rows) + 2
+    assert counts["rows_in"] == counts["kept"] + counts["skipped"]
+    reasons = {s["row"]: s["reason"] for s in manifest["skipped_rows"]}
+    assert reasons[4] == "empty field: response"
+    assert reasons[6] == "empty field: instruction"
+    assert reasons[8] == "duplicate of row 7"
+    assert reasons[len(rows) + 1].startswith("malformed row: expected 6 fields, got 3")
+    assert reasons[len(rows) + 2] == "bad encoding: not valid UTF-8"
+    written = sum(len(_read(tmp_path / "out", s)) for s in ("train", "validation", "test"))
+    assert written == counts["kept"]
+
+
+def test_missing_required_column_names_it_and_writes_nothing(tmp_path):
+    path = write_csv(tmp_path / "d.csv", fixture_rows(), columns=["instruction", "intent", "category"])
+    with pytest.raises(SupportBenchError, match="missing required column.*'response'"):
+        _prepare(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_placeholders_are_mapped_or_made_readable():
+    filler = PlaceholderFiller(load_placeholder_map())
+    text = filler("Order {{Order Number}} for {{Name}}; see {{Order History}} or {{ Account Settings Anonymized }}.")
+    assert text == "Order ORD-98765 for Alex; see Order History or Account Settings."
+    coverage = filler.coverage()
+    assert (coverage["mapped"], coverage["fallback"], coverage["fallback_keys"]) == (2, 2, 2)
+    assert "{{" not in text and "[info]" not in text
+
+
+def test_user_placeholder_map_overrides_defaults(tmp_path):
+    extra = tmp_path / "map.yaml"
+    extra.write_text('"Order Number": "#1234"\n')
+    assert PlaceholderFiller(load_placeholder_map(str(extra)))("{{Order Number}}") == "#1234"
+    extra.write_text("- not a mapping\n")
+    with pytest.raises(SupportBenchError, match="flat YAML mapping"):
+        load_placeholder_map(str(extra))
+
+
+def test_split_is_stratified_and_leak_free(tmp_path):
+    rows = fixture_rows(per_intent=40)
+    # the same question asked twice with different answers must land in one split
+    rows.append(dict(rows[0], response="A different answer."))
+    rows.append(dict(rows[1], instruction=rows[1]["instruction"].upper() + "!!"))
+    manifest = _prepare(write_csv(tmp_path / "d.csv", rows), tmp_path / "out", test_size=40, validation_size=16)
+    splits = {s: _read(tmp_path / "out", s) for s in ("train", "validation", "test")}
+    keys = {s: {normalize_instruction(r["instruction"]) for r in v} for s, v in splits.items()}
+    assert (
+        not keys["train"] & keys["test"]
+        and not keys["train"] & keys["validation"]
+        and not keys["test"] & keys["validation"]
+    )
+    assert all(v == 0 for v in manifest["overlap"]["normalized_instruction_pairs"].values())
+    test_intents = Counter(r["intent"] for r in splits["test"])
+    assert set(test_intents) == {"cancel_order", "track_refund", "recover_password", "change_shipping_address"}
+    assert max(test_intents.values()) - min(test_intents.values()) <= 2
+    assert 40 <= len(splits["test"]) <= 42
+
+
+def test_same_input_and_seed_give_identical_bytes(tmp_path):
+    path = write_csv(tmp_path / "d.csv", fixture_rows())
+    _prepare(path, tmp_path / "a")
+    _prepare(path, tmp_path / "b")
+    for name in ("train.jsonl", "validation.jsonl", "test.jsonl", "manifest.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    _prepare(path, tmp_path / "c", seed=7)
+    assert (tmp_path / "a" / "test.jsonl").read_bytes() != (tmp_path / "c" / "test.jsonl").read_bytes()
+
+
+def test_existing_different_split_is_not_overwritten(tmp_path):
+    path = write_csv(tmp_path / "d.csv", fixture_rows())
+    _prepare(path, tmp_path / "out")
+    before = (tmp_path / "out" / "test.jsonl").read_bytes()
+    with pytest.raises(SupportBenchError, match="already holds different data"):
+        _prepare(path, tmp_path / "out", seed=99)
+    assert (tmp_path / "out" / "test.jsonl").read_bytes() == before
+
+
+def test_jsonl_and_parquet_sources(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = fixture_rows()
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
+    manifest = _prepare(jsonl, tmp_path / "j")
+    assert manifest["counts"]["skipped_by_reason"] == {
+        "malformed JSON: Expecting property name enclosed in double quotes": 1
+    }
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    assert _prepare(tmp_path / "d.parquet", tmp_path / "p")["counts"]["kept"] == len(rows)
+
+
+def test_notebook_mode_samples_then_splits_90_10(tmp_path):
+    manifest = _prepare(
+        write_csv(tmp_path / "d.csv", fixture_rows()), tmp_path / "out", mode="notebook", sample_size=100
+    )
+    splits = manifest["splits"]
+    assert splits["test"]["rows"] == 10
+    assert sum(s["rows"] for s in splits.values()) == 100
+
+
+def test_missing_file_and_bad_config(tmp_path):
+    with pytest.raises(SupportBenchError, match="data file not found"):
+        _prepare(tmp_path / "nope.csv", tmp_path / "out")
+    with pytest.raises(SupportBenchError, match="invalid data config: mode='random'"):
+        _prepare(write_csv(tmp_path / "d.csv", fixture_rows()), tmp_path / "out", mode="random")
+
+
+def test_offline_hub_source_says_what_to_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SupportBenchError, match="SUPPORTBENCH_DATA"):
+        prepare(DataConfig(source="bitext/some-dataset"), tmp_path / "out")
+
+
+@pytest.mark.skipif(not BITEXT.is_file(), reason="needs ../shared/data/bitext")
+def test_real_bitext_file(tmp_path):
+    manifest = prepare(DataConfig(source=str(BITEXT)), tmp_path / "out")
+    counts, splits = manifest["counts"], manifest["splits"]
+    assert counts["rows_in"] == 4514 == counts["kept"] + counts["skipped"]
+    assert splits["test"]["rows"] == 500
+    assert sum(s["rows"] for s in splits.values()) == counts["kept"]
+    assert all(s["intents"] == 27 for s in splits.values())
+    assert len(splits["train"]["by_category"]) == 11
+    assert all(v == 0 for v in manifest["overlap"]["normalized_instruction_pairs"].values())
+    placeholders = manifest["placeholders"]
+    assert manifest["data_card"]["pii"]["found"] == {"email": 2}  # support addresses in two replies
+    assert placeholders["occurrences"] == 9264 + 2  # the file's placeholders, and the two the scrubber wrote
+    assert placeholders["mapped_share"] > 0.75
+    assert all("{{" not in r["response"] for r in _read(tmp_path / "out", "test"))
+
+
+@pytest.mark.skipif(not TWCS.is_file(), reason="needs ../shared/data/twcs")
+def test_twcs_pairs_join_customer_tweets_to_company_replies():
+    pairs = load_twcs_pairs(TWCS)
+    assert len(pairs) == 332
+    assert all(p["instruction"] and p["response"] and not p["instruction"].startswith("@") for p in pairs)
+    assert len({p["id"] for p in pairs}) == 332
+
+
+def test_twcs_file_without_its_columns_is_named(tmp_path):
+    path = write_csv(tmp_path / "t.csv", [{"tweet_id": "1", "text": "hi"}])
+    with pytest.raises(SupportBenchError, match="missing TWCS column"):
+        load_twcs_pairs(path)
+
+
+# 2. prepare replaces only its own outputs and refuses a folder that holds a run.
+def test_prepare_never_deletes_other_files_or_a_run(tiny_run, tmp_path):
+    config = DataConfig(source=str(write_csv(tmp_path / "d.csv", fixture_rows())), test_size=16, validation_size=8)
+    out = tmp_path / "split"
+    prepare(config, out)
+    (out / "notes.txt").write_text("my notes")
+    prepare(config, out)  # the same split again
+    prepare(DataConfig(**{**config.__dict__, "seed": 7}), out, force=True)  # a different one, forced
+    assert (out / "notes.txt").read_text() == "my notes"
+    run = RunDir(trained_copy(tiny_run, tmp_path / "run"))
+    with pytest.raises(SupportBenchError, match="holds a training run"):
+        prepare(config, run.path, force=True)
+    assert run.is_finished and (run.adapter / "adapter_config.json").is_file() and run.data.is_prepared
+
+
+# 6. Clear errors (exit 2, naming the file and the problem) instead of tracebacks.
+def test_a_csv_field_over_the_csv_module_limit_is_read(tmp_path):
+    rows = fixture_rows()
+    rows[0]["response"] = "word " * 40_000  # 200,000 characters, over csv's default 131,072
+    manifest = small_split(tmp_path, tmp_path / "o", rows)
+    assert manifest["counts"]["kept"] == len(rows)
+
+
+# 8. Control characters never reach the splits; the manifest counts what was removed.
+def test_nul_and_escape_characters_are_stripped_and_counted(tmp_path):
+    rows = fixture_rows()
+    rows[0]["instruction"] = "please help\x00 me cancel order number 0 today"
+    rows[1]["response"] = "Sure \x1b[31mred\x1b[0m text."
+    out = tmp_path / "split"
+    manifest = small_split(tmp_path, out, rows)
+    written = "".join((out / f"{name}.jsonl").read_text() for name in ("train", "validation", "test"))
+    assert "\\u0000" not in written and "\\u001b" not in written and "[31mred" in written
+    assert manifest["control_characters_removed"] == {"U+0000": 1, "U+001B": 2, "characters": 3, "rows": 2}
+    assert read_json(out / "manifest.json")["counts"]["kept"] == len(rows)

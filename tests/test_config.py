@@ -1,0 +1,36 @@
+"""Configs: presets, files and values checked before any work."""
+
+from __future__ import annotations
+
+import pytest
+
+from supportbench import models
+from supportbench.config import TrainConfig, load_train_config
+from supportbench.files import SupportBenchError
+
+
+def test_bad_config_and_registry_files_are_named(tmp_path, monkeypatch):
+    config = tmp_path / "mine.yaml"
+    config.write_text("learning_rate: [unclosed\n")
+    with pytest.raises(SupportBenchError, match=f"malformed YAML in {config}"):
+        load_train_config("ci", str(config))
+    config.write_text("learning_rate: abc\n")
+    with pytest.raises(SupportBenchError, match="learning_rate must be a number, got 'abc'"):
+        load_train_config("ci", str(config))
+    config.write_text("learning_rate: 1e-4\nlora_r: 8.5\n")
+    with pytest.raises(SupportBenchError, match="lora_r must be int, got 8.5"):
+        load_train_config("ci", str(config))
+    config.write_text("learning_rate: 1e-4\n")  # YAML 1.1 reads this as a string; it is a number
+    assert load_train_config("ci", str(config)).learning_rate == 1e-4
+    registry = tmp_path / "models.yaml"
+    registry.write_text("mine: {path: /x\n")
+    monkeypatch.setenv("SUPPORTBENCH_REGISTRY", str(registry))
+    with pytest.raises(SupportBenchError, match=f"malformed YAML in model registry {registry}"):
+        models.load_registry()
+
+
+def test_max_steps_zero_is_rejected():
+    with pytest.raises(SupportBenchError, match="max_steps=0"):
+        TrainConfig(max_steps=0).validate()
+    with pytest.raises(SupportBenchError, match="command line: lora_r must be int"):
+        load_train_config("ci", None, lora_r="8")
