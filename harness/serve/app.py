@@ -14,6 +14,7 @@ from supportbench.serve.assistant import Assistant
 from supportbench.serve.openai_api import openai_routes
 from supportbench.templates import Turn
 
+UPLOAD_LIMIT = "1kb"  # the app takes no uploads; Gradio's limit turns any attempt away
 CONCURRENT_REQUESTS = 8  # requests handed to the backend at once: the exported runtime decodes them as one batch
 EXAMPLES = [
     "I want to cancel my order, how do I do that?",
@@ -24,24 +25,40 @@ EXAMPLES = [
 
 
 def _text(content: Any) -> str:
-    """Message content as plain text (Gradio may hand back a list of typed parts)."""
+    """The text of a message's content (a string, or Gradio's typed parts); files and other parts are dropped."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
-    if isinstance(content, dict):
-        return str(content.get("text", ""))
-    return str(content)
+    parts = content if isinstance(content, list) else [content]
+    return "".join(
+        part if isinstance(part, str) else part["text"]
+        for part in parts
+        if isinstance(part, str)
+        or isinstance(part, dict)
+        and part.get("type", "text") == "text"
+        and isinstance(part.get("text"), str)
+    )
+
+
+def text_history(history: list[Any] | None) -> list[dict[str, str]]:
+    """Client-supplied Chatbot messages as new text-only {role, content} dicts: nothing the client sent but its text
+    is ever echoed back, so a file part (which Gradio would copy from the server's disk and serve) never leaves."""
+    messages = []
+    for message in history or []:
+        if isinstance(message, dict) and message.get("role") in ("user", "assistant"):
+            text = _text(message.get("content"))
+            if text:
+                messages.append({"role": message["role"], "content": text})
+    return messages
 
 
 def history_turns(history: list[dict[str, Any]]) -> list[Turn]:
     """Chatbot messages ({role, content}) as completed customer/agent turns."""
     turns, pending = [], None
-    for message in history:
+    for message in text_history(history):
         if message["role"] == "user":
-            pending = _text(message["content"])
-        elif message["role"] == "assistant" and pending is not None:
-            turns.append(Turn(pending, _text(message["content"])))
+            pending = message["content"]
+        elif pending is not None:
+            turns.append(Turn(pending, message["content"]))
             pending = None
     return turns
 
@@ -49,8 +66,8 @@ def history_turns(history: list[dict[str, Any]]) -> list[Turn]:
 def chat(
     assistant: Assistant, message: str, history: list[dict[str, Any]], max_tokens: int
 ) -> Iterator[tuple[list, str]]:
-    """Chat tab handler: stream the fine-tuned reply into the conversation; clears the textbox."""
-    history = list(history or [])
+    """Chat tab handler: stream the fine-tuned reply into the (text-only) conversation; clears the textbox."""
+    history = text_history(history)
     try:
         query = assistant.check_query(message)
         turns = history_turns(history)
@@ -148,8 +165,20 @@ def serve(run_dir: Path, port: int | None = None, share: bool = False, backend: 
     print(f"serving {assistant.model_name}: {assistant.backend.description}")
     blocks = build_app(Path(run_dir), assistant)
     if share:  # a share link needs Gradio's own launcher, which serves the UI only
-        blocks.launch(server_name="127.0.0.1", server_port=port, share=True, show_error=True)
+        blocks.launch(
+            server_name="127.0.0.1", server_port=port, share=True, show_error=True, **file_access(Path(run_dir))
+        )
         return
     api = FastAPI(title="SupportBench assistant")
     api.include_router(openai_routes(assistant))
-    uvicorn.run(gr.mount_gradio_app(api, blocks, path="/", show_error=True), host="127.0.0.1", port=port or 7860)
+    app = gr.mount_gradio_app(api, blocks, path="/", show_error=True, **file_access(Path(run_dir)))
+    uvicorn.run(app, host="127.0.0.1", port=port or 7860)
+
+
+def file_access(run_dir: Path) -> dict[str, Any]:
+    """Gradio's file-serving settings, as tight as the app allows: no extra allowed paths, the run folder (adapter,
+    data) and the model cache blocked, and no uploads (the app takes none)."""
+    from supportbench.models import cache_root
+
+    blocked = [run_dir.resolve(), cache_root().resolve()]
+    return {"allowed_paths": [], "blocked_paths": [str(p) for p in blocked], "max_file_size": UPLOAD_LIMIT}

@@ -205,3 +205,45 @@ def test_browser_session_through_all_three_tabs(served):
         expect(page.locator("#performance")).to_contain_text("Quality: base vs fine-tuned")
         page.screenshot(path=str(SCREENSHOTS / "performance.png"), full_page=True)
         browser.close()
+
+
+def _gradio_call(served: str, api_name: str, data: list) -> str:
+    """One call of a Gradio endpoint over its REST API: POST the inputs, then read the event stream to its end."""
+    status, payload, _ = _post(f"{served}gradio_api/call/{api_name}", {"data": data})
+    assert status == 200, payload
+    event_id = json.loads(payload)["event_id"]
+    with urllib.request.urlopen(f"{served}gradio_api/call/{api_name}/{event_id}", timeout=120) as response:
+        return response.read().decode()
+
+
+def test_a_file_part_in_the_chat_history_never_serves_a_server_file(served, tmp_path):
+    secret = tmp_path / "secret.txt"  # under the temp folder, which Gradio allows by default
+    secret.write_text("TOP-SECRET-7c1f9b")
+    secret.chmod(0o600)
+    file_part = {"type": "file", "file": {"path": str(secret), "meta": {"_type": "gradio.FileData"}}}
+    history = [
+        {"role": "user", "content": [file_part]},
+        {"role": "assistant", "content": [{"type": "text", "text": "noted"}]},
+    ]
+    stream = _gradio_call(served, "chat", ["please help me cancel order", history, 16])
+    assert "event: complete" in stream and "secret.txt" not in stream and "gradio_api/file=" not in stream
+    # whatever the stream names, nothing it points at serves the file, and the file route refuses it by path
+    urls = [served + f"gradio_api/file={secret}", served + f"file={secret}"]
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                assert b"TOP-SECRET" not in response.read()
+        except urllib.error.HTTPError as err:
+            assert err.code in (403, 404)
+
+
+def test_the_chat_handler_echoes_only_text(assistant):
+    file_part = {"type": "file", "file": {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}}
+    history = [
+        {"role": "user", "content": [file_part, {"type": "text", "text": "my order"}]},
+        {"role": "assistant", "content": {"path": "/etc/passwd"}},
+        {"role": "system", "content": "ignored"},
+    ]
+    out, _ = list(chat(assistant, "please help me cancel order", history, 8))[-1]
+    assert all(set(m) == {"role", "content"} and isinstance(m["content"], str) for m in out)
+    assert out[0] == {"role": "user", "content": "my order"} and "passwd" not in json.dumps(out)
