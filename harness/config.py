@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import typing
@@ -10,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from supportbench.files import SupportBenchError, read_yaml
+from supportbench.files import SupportBenchError, read_bundled_yaml, read_user_yaml
 from supportbench.metrics import METRICS
 
 DEFAULT_DATASET = "bitext/Bitext-customer-support-llm-chatbot-training-dataset"
@@ -115,8 +116,9 @@ class DataConfig:
             self,
             {
                 "mode": self.mode in ("heldout", "notebook"),
-                "test_size": self.test_size >= 0,
-                "validation_size": self.validation_size >= 0,
+                # eval scores the test split and train validates on the other: neither may be empty
+                "test_size": self.test_size > 0,
+                "validation_size": self.validation_size > 0,
                 "sample_size": self.sample_size >= 0,
                 "pii": self.pii in ("scrub", "keep"),
                 "phone_region": len(self.phone_region) == 2 and self.phone_region.isalpha(),
@@ -336,8 +338,12 @@ def typed(cls: type, values: dict[str, Any], origin: str) -> dict[str, Any]:
                 out[name] = float(value)
             except ValueError:
                 raise _type_error(origin, name, "a number", value) from None
+            if not math.isfinite(out[name]):
+                raise _type_error(origin, name, "a finite number", value)
         elif float in options and isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value) if isinstance(value, int) else value
+            if not math.isfinite(value):
+                raise _type_error(origin, name, "a finite number", value)
+            out[name] = float(value)
         elif int in options and isinstance(value, int) and not isinstance(value, bool):
             out[name] = value
         elif bool in options and isinstance(value, bool) or str in options and isinstance(value, str):
@@ -354,9 +360,7 @@ def typed(cls: type, values: dict[str, Any], origin: str) -> dict[str, Any]:
 
 def read_config_file(cls: type, path: Path) -> dict[str, Any]:
     """A YAML mapping of cls's keys, type-checked, with errors that name the file."""
-    if not Path(path).is_file():
-        raise SupportBenchError(f"config file not found: {path}")
-    data = read_yaml(Path(path).read_text(encoding="utf-8"), str(path)) or {}
+    data = read_user_yaml(path, "config file") or {}
     if not isinstance(data, dict):
         raise SupportBenchError(f"{path}: a config must be a YAML mapping")
     return typed(cls, data, str(path))
@@ -366,8 +370,8 @@ def preset_values(preset: str) -> dict[str, Any]:
     """A bundled training preset's keys, type-checked."""
     if preset not in preset_names():
         raise SupportBenchError(f"unknown preset {preset!r}; choose one of {preset_names()}")
-    text = resources.files(PRESET_PACKAGE).joinpath(PRESET_DIR, f"{preset}.yaml").read_text(encoding="utf-8")
-    return typed(TrainConfig, read_yaml(text, f"preset {preset}") or {}, f"preset {preset}")
+    values = read_bundled_yaml(PRESET_PACKAGE, f"{PRESET_DIR}/{preset}.yaml") or {}
+    return typed(TrainConfig, values, f"preset {preset}")
 
 
 def layered(cls: type, *layers: tuple[str, dict[str, Any]]) -> Any:

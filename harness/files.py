@@ -61,9 +61,8 @@ def _temporary_in(folder: Path, name: str, make: Any) -> str:
         raise SupportBenchError(f"cannot write into {folder}: {err.strerror}") from None
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes to path so that readers see either the old or the new file, never half of one."""
-    path = Path(path)
+def _write_temporary(path: Path, data: bytes) -> str:
+    """data in a new temporary file beside path, flushed to disk with the umask's mode; a full disk is a clear error."""
     fd, tmp = _temporary_in(path.parent, path.name, lambda **kw: tempfile.mkstemp(suffix=".tmp", **kw))
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -71,10 +70,62 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared results folder needs the usual modes
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise SupportBenchError(f"cannot write {path}: {err.strerror}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes to path so that readers see either the old or the new file, never half of one."""
+    path = Path(path)
+    tmp = _write_temporary(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_together(outputs: dict[Path, bytes], record: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Write one stage's files so that they commit together, its JSON record last; return the record written.
+
+    Every file goes to a temporary beside it first, so a full disk fails with the old files intact. Then the old
+    record is removed, the files renamed into place and the record written with each file's sha256 under "outputs".
+    A folder without its record, or with a file whose hash differs from the record's, is incomplete or mixed:
+    `check_outputs` refuses it."""
+    staged: dict[Path, str] = {}
+    try:
+        for path, content in outputs.items():
+            staged[Path(path)] = _write_temporary(Path(path), content)
+        Path(record).unlink(missing_ok=True)
+        for path, tmp in staged.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in staged.values():
+            Path(tmp).unlink(missing_ok=True)
+    written = {**data, "outputs": {p.name: hashlib.sha256(c).hexdigest() for p, c in outputs.items()}}
+    write_json(record, written)
+    return written
+
+
+def check_outputs(record: Path, data: dict[str, Any]) -> None:
+    """Refuse a folder whose files are not the ones its record (written by `write_together`) names, naming them."""
+    outputs = data.get("outputs")
+    if not isinstance(outputs, dict):
+        raise SupportBenchError(f"{record} names no outputs: an older or damaged record; run its stage again")
+    folder = Path(record).parent
+    bad = sorted(
+        name for name, sha in outputs.items() if not (folder / name).is_file() or sha256_file(folder / name) != sha
+    )
+    if bad:
+        raise SupportBenchError(
+            f"{folder} is incomplete or mixed: {', '.join(bad)} differ from what {Path(record).name} records "
+            "(a run of its stage that did not finish?); run the stage again"
+        )
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -82,9 +133,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_bytes(data: Any) -> bytes:
+    """data as indented, key-sorted JSON: the exact bytes write_json writes."""
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write data as indented, key-sorted JSON, atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+    atomic_write_bytes(path, json_bytes(data))
 
 
 def read_json(path: Path) -> Any:
@@ -113,8 +169,17 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise SupportBenchError(f"missing file: {path}")
+    return parse_jsonl(path.read_bytes(), path, limit)
+
+
+def parse_jsonl(data: bytes, path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The JSON objects of JSON-lines bytes read from path (the first `limit`), naming the file and line of a bad one."""
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SupportBenchError(f"{path} is not UTF-8 text (byte {err.start})") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if limit is not None and len(rows) >= limit:
             break
         if not line.strip():
@@ -137,6 +202,26 @@ def read_yaml(text: str, origin: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise SupportBenchError(f"malformed YAML in {origin}: {err}".replace("\n", " ")) from err
+
+
+def read_bundled_yaml(package: str, name: str) -> Any:
+    """A YAML file shipped inside one of supportbench's packages, parsed."""
+    from importlib import resources
+
+    return read_yaml(resources.files(package).joinpath(name).read_text(encoding="utf-8"), f"the bundled {name}")
+
+
+def read_user_yaml(path: str | Path, what: str, origin: str | None = None) -> Any:
+    """A user's YAML file, parsed, with an error naming it (as `what`) when it is missing, not UTF-8 or malformed
+    (as `origin`, by default its path)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SupportBenchError(f"{what} not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SupportBenchError(f"{what} {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    return read_yaml(text, origin or str(path))
 
 
 def sha256_file(path: Path) -> str:

@@ -17,11 +17,6 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def is_main_process() -> bool:
-    """True in the one process that writes results (rank 0, or the only process)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def config_folder() -> Path:
     """The installed folder of the bundled accelerate configs."""
     return Path(str(resources.files(CONFIG_PACKAGE).joinpath(CONFIG_DIR)))

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from supportbench.files import SupportBenchError, read_json, read_jsonl
+from supportbench.files import SupportBenchError, check_outputs, parse_jsonl, read_json
 
 SPLITS = ("train", "validation", "test")
 VARIANTS = ("base", "lora", "merged")
@@ -23,7 +24,11 @@ class Record(BaseModel):
     @classmethod
     def read(cls, path: Path) -> Any:
         """The record in path, or a clear error naming the file and the first field of the wrong shape."""
-        data = read_json(path)
+        return cls.check(path, read_json(path))
+
+    @classmethod
+    def check(cls, path: Path, data: Any) -> Any:
+        """data (read from path) as this record, or a clear error naming the file and the first wrong field."""
         try:
             return cls.model_validate(data)
         except ValidationError as err:
@@ -65,6 +70,56 @@ class TrainRecord(Record):
         return self.data[name]
 
 
+class EvalSummary(Record):
+    """eval/metrics.json: what was scored, how, and the summary metrics of each model."""
+
+    template: str
+    dataset: str
+    config: dict[str, Any]
+    metrics: dict[str, dict[str, float | None]]
+    leakage_check: dict[str, Any] = {}
+
+
+class Interval(Record):
+    """A mean with its 95% interval."""
+
+    mean: float
+    low: float
+    high: float
+
+
+class Difference(Interval):
+    """A paired difference, with its permutation p-value and size where the metric has one per example."""
+
+    p_value: float | None = None
+    n: int | None = None
+
+
+class MetricStats(Record):
+    """One metric's statistics; the paired difference where both models were scored."""
+
+    difference: Difference | None = None
+
+
+class StatsRecord(Record):
+    """eval/stats.json: intervals, paired differences, slices and the planner that a verdict rests on."""
+
+    seed: int
+    metrics: dict[str, MetricStats]
+    win_rate_rougeL: Interval
+    planner_rougeL: dict[str, Any]
+    by_intent: list[dict[str, Any]]
+    min_slice: int
+    worst_intents: list[str]
+
+    @model_validator(mode="after")
+    def _rouge_l_is_paired(self) -> StatsRecord:
+        rouge_l = self.metrics.get("rougeL")
+        if rouge_l is None or rouge_l.difference is None or rouge_l.difference.p_value is None:
+            raise ValueError("metrics.rougeL needs a paired difference with its p-value")
+        return self
+
+
 @dataclass(frozen=True)
 class SplitDir:
     """A folder written by `supportbench prepare`: one JSONL file per split plus manifest.json."""
@@ -101,13 +156,19 @@ class SplitDir:
         return read_json(self.manifest_path)
 
     def rows(self, name: str) -> list[dict[str, Any]]:
-        """Read one prepared split, with a clear error when the folder holds none."""
+        """Read one prepared split, refusing bytes other than the ones its manifest records (hashed as read)."""
         path = self.split_path(name)
         if not path.is_file():
             raise SupportBenchError(
                 f"no prepared {name} split at {path}; run `supportbench prepare --out {self.path}` first"
             )
-        return read_jsonl(path)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.manifest()["splits"][name]["sha256"]:
+            raise SupportBenchError(
+                f"{path} is not the {name} split its manifest describes (sha256 differs: edited, truncated, or written "
+                f"by a prepare that did not finish); run `supportbench prepare --out {self.path}` again"
+            )
+        return parse_jsonl(data, path)
 
 
 @dataclass(frozen=True)
@@ -121,6 +182,19 @@ class EvalDir:
     samples = property(lambda self: self.path / "samples.jsonl", doc="Query, reference and both replies per example.")
     stats = property(lambda self: self.path / "stats.json", doc="Intervals, paired differences, slices, planner.")
     forest = property(lambda self: self.path / "forest.png", doc="The paired ROUGE-L difference per intent.")
+
+    def summary(self) -> dict[str, Any]:
+        """metrics.json, checked: its shape, and that every file this eval wrote is the one it recorded."""
+        data = read_json(self.metrics)
+        EvalSummary.check(self.metrics, data)
+        check_outputs(self.metrics, data)
+        return data
+
+    def statistics(self) -> dict[str, Any]:
+        """stats.json, its shape checked."""
+        data = read_json(self.stats)
+        StatsRecord.check(self.stats, data)
+        return data
 
 
 def safe_name(name: str) -> str:

@@ -7,14 +7,13 @@ import importlib.util
 import os
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from platformdirs import user_cache_dir, user_config_dir
 
 from supportbench.device import DeviceChoice, pick_device
-from supportbench.files import SupportBenchError, hub_reachable, read_yaml, staged_dir
+from supportbench.files import SupportBenchError, hub_reachable, read_bundled_yaml, read_user_yaml, staged_dir
 
 REGISTRY_ENV = "SUPPORTBENCH_REGISTRY"
 CACHE_ENV = "SUPPORTBENCH_CACHE"
@@ -55,12 +54,10 @@ def _user_registry_path() -> Path:
 
 def load_registry() -> dict[str, dict[str, Any]]:
     """The bundled registry with the user's registry file merged over it, validated."""
-    registry = read_yaml(
-        resources.files("supportbench").joinpath("registry.yaml").read_text(encoding="utf-8"), "registry.yaml"
-    )
+    registry = read_bundled_yaml("supportbench", "registry.yaml")
     user_path = _user_registry_path()
     if user_path.is_file():
-        user = read_yaml(user_path.read_text(encoding="utf-8"), f"model registry {user_path}") or {}
+        user = read_user_yaml(user_path, "model registry", f"model registry {user_path}") or {}
         if not isinstance(user, dict):
             raise SupportBenchError(f"model registry {user_path} must map aliases to entries")
         registry.update(user)

@@ -83,8 +83,11 @@ class Template:
         markers = {*self.stop_sequences(tokenizer), SEED_CUSTOMER, SEED_AGENT, *CHAT_TURN_MARKERS}
         if tokenizer is not None:
             markers |= {t for t in tokenizer.all_special_tokens if len(t) > 1}
-        for marker in sorted(markers, key=len, reverse=True):
-            text = text.replace(marker, marker.replace("#", "").replace("<", "‹").replace(">", "›").strip())
+        previous = None
+        while text != previous:  # one pass can build a marker from two halves: `### ### Support Agent:`
+            previous = text
+            for marker in sorted(markers, key=len, reverse=True):
+                text = text.replace(marker, marker.replace("#", "").replace("<", "‹").replace(">", "›").strip())
         return text.strip()
 
 

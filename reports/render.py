@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,9 @@ from supportbench.files import (
     SupportBenchError,
     atomic_write_bytes,
     atomic_write_text,
+    read_bundled_yaml,
     read_json,
     read_jsonl,
-    read_yaml,
 )
 from supportbench.layout import BoardDir, RunDir
 from supportbench.metrics import METRICS
@@ -42,8 +41,7 @@ def _demoted(markdown: str) -> str:
 
 def notebook_reference() -> dict[str, Any]:
     """The original notebook's published figures, labelled with their source."""
-    text = resources.files("supportbench.reports").joinpath("notebook_reference.yaml").read_text(encoding="utf-8")
-    return read_yaml(text, "notebook_reference.yaml")
+    return read_bundled_yaml("supportbench.reports", "notebook_reference.yaml")
 
 
 def collect_run(run_dir: Path) -> dict[str, Any]:
@@ -61,7 +59,7 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
         else None,
         "data_card_png": _optional_png(run.data.data_card_png),
         "data_card_file": str(run.data.data_card_png.relative_to(run.path)),
-        "eval": _optional_json(run.eval.metrics),
+        "eval": run.eval.summary() if run.eval.metrics.is_file() else None,
         "per_category": _optional_json(run.eval.per_category),
         "samples": read_jsonl(run.eval.samples, limit=SAMPLES_SHOWN) if run.eval.samples.is_file() else None,
         "stats": _optional_json(run.eval.stats),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from supportbench import models
-from supportbench.config import TrainConfig, load_train_config
+from supportbench.cli import main
+from supportbench.config import DataConfig, TrainConfig, load_train_config
 from supportbench.files import SupportBenchError
 
 
@@ -34,3 +35,30 @@ def test_max_steps_zero_is_rejected():
         TrainConfig(max_steps=0).validate()
     with pytest.raises(SupportBenchError, match="command line: lora_r must be int"):
         load_train_config("ci", None, lora_r="8")
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_non_finite_numbers_are_refused_from_flags_before_any_work(value, tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run"), f"--learning-rate={value}"]) == 2
+    assert "learning_rate must be a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_numbers_are_refused_from_files(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("epochs: .inf\n")
+    with pytest.raises(SupportBenchError, match="epochs must be a finite number, got inf"):
+        load_train_config("ci", str(config))
+
+
+@pytest.mark.parametrize("field", ["test_size", "validation_size"])
+def test_empty_splits_are_refused(field):
+    with pytest.raises(SupportBenchError, match=f"{field}=0"):
+        DataConfig(**{field: 0}).validate()
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("learning_rate: 1.0e-4  # café\n".encode("latin-1"))
+    with pytest.raises(SupportBenchError, match=f"config file {config} is not UTF-8 text"):
+        load_train_config("ci", str(config))

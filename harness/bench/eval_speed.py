@@ -10,7 +10,7 @@ import torch
 
 from supportbench.bench.latency import prompts_for
 from supportbench.device import machine_info
-from supportbench.files import read_json, write_json
+from supportbench.files import write_json
 from supportbench.layout import RunDir
 
 
@@ -41,7 +41,7 @@ def notebook_loop_seconds(run: RunDir, examples: int, max_new_tokens: int) -> di
 def eval_speedup(run_dir: Path, examples: int) -> dict[str, Any]:
     """Compare the batched lm-eval generation timing of the run's eval with the one-at-a-time loop."""
     run = RunDir(run_dir)
-    evaluation = read_json(run.eval.metrics)
+    evaluation = run.eval.summary()
     n = evaluation["n"]["base"]["generation"]
     batched = sum(evaluation["timing_s"][side]["generation"] for side in ("base", "finetuned"))
     loop = notebook_loop_seconds(run, examples, evaluation["caps"]["max_new_tokens"])

@@ -29,11 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         sub,
         "gate",
         run,
-        "release gate: check a run's eval against YAML rules (exit 1 when one fails)",
+        "release gate: check a run's eval against YAML rules (exit 1: a rule failed; 2: cannot judge)",
         "Check the run's eval against the release rules (default: the fine-tuned model beats its base on ROUGE-L "
         "with the paired interval's lower bound above 0, is non-inferior to --baseline within 0.02, and keeps "
         "run-on and placeholder-leak shares low). Writes gate.json and gate.md, and appends the Markdown to "
-        "$GITHUB_STEP_SUMMARY when it is set.",
+        "$GITHUB_STEP_SUMMARY when it is set. Exit codes: 0 passed, 1 judged and failed, 2 cannot judge (no eval, "
+        "a damaged, mixed or wrongly shaped eval, a bad rules file, an incomparable baseline).",
         run_folder="an evaluated run folder",
     )
     p.add_argument(

@@ -18,14 +18,14 @@ from supportbench.config import DEFAULT_PRESET, TrainConfig, preset_names
 def run(args: argparse.Namespace) -> None:
     """Fine-tune a LoRA adapter into a run folder."""
     from supportbench.config import layered, preset_values
-    from supportbench.launch import is_main_process
+    from supportbench.device import process_state
     from supportbench.trainers.lora import summary_lines, train
 
     config = layered(
         TrainConfig, (f"preset {args.preset}", preset_values(args.preset)), *command_layers(TrainConfig, args)
     )
     manifest = train(config, Path(args.out), resume=args.resume, data=args.data, reuse=args.reuse)
-    if is_main_process():
+    if process_state().is_main_process:
         print("\n".join(summary_lines(manifest, Path(args.out))))
 
 

@@ -18,13 +18,14 @@ from supportbench.device import pick_device, process_state
 from supportbench.evaluation.score_cache import base_score_key, load_scores, store_scores
 from supportbench.files import (
     SupportBenchError,
-    atomic_write_bytes,
     ensure_writable_dir,
+    json_bytes,
+    jsonl_bytes,
     read_json,
     read_jsonl,
     sha256_file,
     write_json,
-    write_jsonl,
+    write_together,
 )
 from supportbench.launch import world_size
 from supportbench.layout import RunDir
@@ -246,6 +247,18 @@ def validation_metadata(run: RunDir) -> dict[str, Any]:
     }
 
 
+def validation_scores(
+    lm: Any, path: str, metadata: dict[str, Any], config: EvalConfig, limit: int
+) -> dict[str, Any] | None:
+    """Generation metrics on the validation split's first `limit` examples, ROUGE-L as its mean with the 95% bootstrap
+    interval, and the seconds taken; None in launched processes but the main one."""
+    result = generation_scores(lm, path, metadata, config, limit)
+    if result is None:
+        return None
+    rouge_l = mean_interval([s["rougeL"] for s in result["samples"]], config.seed)
+    return {**result["metrics"], "rougeL": rouge_l, "seconds": result["seconds"]}
+
+
 def choose_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> Decoding:
     """Generate the validation split's first examples with the fine-tuned model under each candidate decoding, pick
     one (decoding.pick) and freeze it in the run (decoding.json, main process); every process returns the choice."""
@@ -257,12 +270,9 @@ def choose_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -
     lm = load_lm(path, str(run.adapter), with_decoding(config, tried[0]))
     scored = []
     for candidate in tried:
-        result = generation_scores(lm, path, validation, with_decoding(config, candidate), config.validation_limit)
+        result = validation_scores(lm, path, validation, with_decoding(config, candidate), config.validation_limit)
         if result is not None:
-            rouge_l = mean_interval([s["rougeL"] for s in result["samples"]], config.seed)
-            scored.append(
-                {"decoding": asdict(candidate), **result["metrics"], "rougeL": rouge_l, "seconds": result["seconds"]}
-            )
+            scored.append({"decoding": asdict(candidate), **result})
     processes = process_state()
     if processes.is_main_process:
         choice = pick(scored)
@@ -421,19 +431,25 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
         "lm_eval": {"version": importlib.metadata.version("lm_eval"), "config": base["lm_eval_config"]},
     }
     out = run.evaluation(ood=bool(config.twcs))
-    write_json(out.per_category, {"base": per_category(base["samples"]), "finetuned": per_category(tuned["samples"])})
-    write_jsonl(out.samples, side_by_side)
     statistics = eval_statistics(side_by_side, perplexity_pairs, config.seed)
-    write_json(out.stats, statistics)
+    outputs = {
+        out.per_category: json_bytes(
+            {"base": per_category(base["samples"]), "finetuned": per_category(tuned["samples"])}
+        ),
+        out.samples: jsonl_bytes(side_by_side),
+        out.stats: json_bytes(statistics),
+    }
     slices = [
         (f"{r['intent']} (n={r['n']})", *(r["difference"][k] for k in ("mean", "low", "high")), r["judged"])
         for r in statistics["by_intent"]
         if "difference" in r
     ]
     if slices:
-        atomic_write_bytes(out.forest, forest_png(slices, "ROUGE-L, fine-tuned minus base (95% interval)"))
-    write_json(out.metrics, summary)
-    return summary
+        outputs[out.forest] = forest_png(slices, "ROUGE-L, fine-tuned minus base (95% interval)")
+    else:
+        out.forest.unlink(missing_ok=True)  # an earlier eval's plot would not belong to these scores
+    # the files commit together, metrics.json last with each one's hash: a failed eval leaves no mixed folder
+    return write_together(outputs, out.metrics, summary)
 
 
 def score_other_base(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> dict[str, Any] | None:
@@ -466,7 +482,7 @@ def score_exported(run_dir: Path) -> dict[str, Any]:
         raise SupportBenchError(
             f"{run.path} has no eval to pair the exported model with; run `supportbench eval --run {run.path}` first"
         )
-    fp32 = read_json(run.eval.metrics)
+    fp32 = run.eval.summary()
     if fp32["config"]["twcs"]:
         raise SupportBenchError(
             f"{run.eval.metrics} scores TWCS; the exported model pairs with the held-out split's eval"
@@ -500,9 +516,7 @@ def score_exported(run_dir: Path) -> dict[str, Any]:
         "config": asdict(config),
         "timing_s": {"load": round(load_s, 2), "generation": gen["seconds"]},
     }
-    write_jsonl(run.exported_eval.samples, samples)
-    write_json(run.exported_eval.metrics, summary)
-    return summary
+    return write_together({run.exported_eval.samples: jsonl_bytes(samples)}, run.exported_eval.metrics, summary)
 
 
 def table_lines(summary: dict[str, Any]) -> list[str]:

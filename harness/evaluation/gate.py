@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from supportbench.files import SupportBenchError, atomic_write_text, read_json, read_jsonl, read_yaml, write_json
+from supportbench.files import (
+    SupportBenchError,
+    atomic_write_text,
+    read_bundled_yaml,
+    read_json,
+    read_jsonl,
+    read_user_yaml,
+    write_json,
+)
 from supportbench.layout import EvalDir, RunDir
 from supportbench.metrics import METRICS, ROUGE_TYPES
 from supportbench.stats import evidence_lines, paired_difference, signed_interval
@@ -30,16 +37,12 @@ COMPARABLE_SETTINGS = ("limit", "ppl_limit", "max_new_tokens", "repetition_penal
 
 def load_rules(path: str | None) -> dict[str, Any]:
     """The bundled default rules, or a user's YAML file; unknown rules and malformed values are named."""
-    if path:
-        if not Path(path).is_file():
-            raise SupportBenchError(f"gate rules file not found: {path}")
-        origin, text = path, Path(path).read_text(encoding="utf-8")
-    else:
-        origin, text = (
-            "the default gate rules",
-            resources.files("supportbench.evaluation").joinpath("gate_rules.yaml").read_text(),
-        )
-    rules = read_yaml(text, origin) or {}
+    origin = path or "the default gate rules"
+    rules = (
+        read_user_yaml(path, "gate rules file")
+        if path
+        else read_bundled_yaml("supportbench.evaluation", "gate_rules.yaml")
+    ) or {}
     if not isinstance(rules, dict) or not rules:
         raise SupportBenchError(f"{origin}: gate rules must be a non-empty YAML mapping")
     for name, value in rules.items():
@@ -98,7 +101,7 @@ def apply_rules(run_dir: Path, baseline: str | None = None, rules_file: str | No
         raise SupportBenchError(
             f"{run.path} has no eval with statistics yet; run `supportbench eval --run {run.path}` first"
         )
-    metrics, stats = read_json(run.eval.metrics), read_json(run.eval.stats)
+    metrics, stats = run.eval.summary(), run.eval.statistics()
     if metrics["template"] != trained.template:
         raise SupportBenchError(
             f"the eval used the {metrics['template']} template, training the {trained.template} one"
@@ -171,8 +174,11 @@ def write_gate(run_dir: Path, verdict: dict[str, Any]) -> str:
     atomic_write_text(run.gate("md"), markdown)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
-        with open(summary, "a", encoding="utf-8") as handle:
-            handle.write(markdown + "\n")
+        try:
+            with open(summary, "a", encoding="utf-8") as handle:
+                handle.write(markdown + "\n")
+        except OSError as err:  # the verdict stands; only the CI summary is lost
+            print(f"warning: cannot append the verdict to $GITHUB_STEP_SUMMARY ({summary}): {err.strerror}")
     return markdown
 
 

@@ -47,7 +47,7 @@ def rank_one(model: str, board: BoardDir, config: RankConfig) -> dict[str, Any]:
 def board_row(model: str, board: BoardDir, config: RankConfig) -> dict[str, Any]:
     """One model's leaderboard row, read from its finished run folder."""
     run = board.run(model)
-    evaluation, bench, trained = read_json(run.eval.metrics), read_json(run.bench_summary), run.trained()
+    evaluation, bench, trained = run.eval.summary(), read_json(run.bench_summary), run.trained()
     if not scored_as_wanted(evaluation["config"], config):
         raise SupportBenchError(f"{run.eval.metrics} was scored with other settings than this leaderboard's")
     merged = bench["variants"]["merged"]

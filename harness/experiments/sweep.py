@@ -20,7 +20,6 @@ from supportbench.files import SupportBenchError, atomic_write_bytes, atomic_wri
 from supportbench.layout import RunDir, SplitDir, SweepDir
 from supportbench.models import model_path
 from supportbench.reports.plots import pareto_png
-from supportbench.stats import mean_interval
 
 LORA_TARGETS = {"all-linear": "all-linear", "attention-qv": ["q_proj", "v_proj"]}
 RANKS = (8, 16, 32)
@@ -93,16 +92,12 @@ class Deadline(TrainerCallback):
 def validation_rouge(run: RunDir, limit: int, seed: int) -> dict[str, Any]:
     """The trial's fine-tuned model on the validation split's first `limit` examples, decoded greedily at the run's
     budget: ROUGE-L with its 95% bootstrap interval (as eval computes it), BLEU and the share at the cap."""
-    from supportbench.evaluation.evaluator import generation_scores, load_lm, validation_metadata, with_decoding
+    from supportbench.evaluation.evaluator import load_lm, validation_metadata, validation_scores, with_decoding
 
     config = with_decoding(EvalConfig(seed=seed), Decoding(run_budget(run)))
     path = model_path(run.base_model)
-    result = generation_scores(load_lm(path, str(run.adapter), config), path, validation_metadata(run), config, limit)
-    return {
-        "rougeL": mean_interval([s["rougeL"] for s in result["samples"]], seed),
-        **{m: result["metrics"][m] for m in ("bleu", "at_cap", "runon")},
-        "scoring_s": result["seconds"],
-    }
+    result = validation_scores(load_lm(path, str(run.adapter), config), path, validation_metadata(run), config, limit)
+    return {**{m: result[m] for m in ("rougeL", "bleu", "at_cap", "runon")}, "scoring_s": result["seconds"]}
 
 
 def objective(trial: Any, config: SweepConfig, folder: SweepDir, deadline: float) -> tuple[float, float]:

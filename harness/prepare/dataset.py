@@ -13,21 +13,19 @@ import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from supportbench.config import DATA_ENV, OPTIONAL_COLUMNS, DataConfig, comma_list
 from supportbench.files import (
     SupportBenchError,
-    atomic_write_bytes,
-    atomic_write_text,
     ensure_writable_dir,
     hub_reachable,
     jsonl_bytes,
-    read_yaml,
+    read_bundled_yaml,
+    read_user_yaml,
     sha256_file,
-    write_json,
+    write_together,
 )
 from supportbench.layout import SPLITS, RunDir, SplitDir
 from supportbench.metrics import PLACEHOLDER
@@ -75,6 +73,9 @@ def _read_csv(path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int
     if header is None:
         raise SupportBenchError(f"{path} is empty: no header row")
     header = [h.strip().lstrip("\ufeff") for h in header]
+    duplicates = sorted({h for h in header if header.count(h) > 1})
+    if duplicates:
+        raise SupportBenchError(f"{path}: the header names a column more than once: {duplicates}; rename one of each")
     rows = []
     for number, values in enumerate(reader, start=1):
         report.rows_in += 1
@@ -147,15 +148,11 @@ def load_rows(source: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]],
 
 def load_placeholder_map(extra: str | None = None) -> dict[str, str]:
     """The bundled placeholder defaults, with a user's YAML map merged over them."""
-    bundled = resources.files("supportbench.prepare").joinpath("placeholders.yaml").read_text(encoding="utf-8")
-    mapping = read_yaml(bundled, "the bundled placeholders.yaml")
+    mapping = read_bundled_yaml("supportbench.prepare", "placeholders.yaml")
     if extra:
-        path = Path(extra)
-        if not path.is_file():
-            raise SupportBenchError(f"placeholder map not found: {path}")
-        user = read_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+        user = read_user_yaml(extra, "placeholder map") or {}
         if not isinstance(user, dict) or not all(isinstance(v, (str, int, float)) for v in user.values()):
-            raise SupportBenchError(f"placeholder map {path} must be a flat YAML mapping of key: value")
+            raise SupportBenchError(f"placeholder map {extra} must be a flat YAML mapping of key: value")
         mapping.update(user)
     return {str(k).strip().casefold(): str(v) for k, v in mapping.items()}
 
@@ -385,6 +382,14 @@ def _mapped(config: DataConfig, columns: list[str], records: list[tuple[int, dic
     return records, columns, input_kind
 
 
+def input_files(source: str) -> set[Path]:
+    """The local files a source reads (none for a hub id), resolved."""
+    path = Path(source)
+    if path.is_file():
+        return {path.resolve()}
+    return {p.resolve() for p in path.rglob("*") if p.is_file()} if path.is_dir() else set()
+
+
 def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str, Any]:
     """Run the whole preparation and write the splits plus manifest.json into out_dir, each file atomically.
 
@@ -395,6 +400,12 @@ def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str,
     if RunDir(out.path).holds_run:
         raise SupportBenchError(
             f"{out.path} holds a training run; prepare writes a split folder (a run keeps its own in data/), choose another --out"
+        )
+    replaced = input_files(config.source) & {p.resolve() for p in out.outputs()}
+    if replaced:
+        names = ", ".join(sorted(str(p) for p in replaced))
+        raise SupportBenchError(
+            f"prepare would replace its own input ({names}); choose another --out (--force never replaces an input)"
         )
     found_columns, records, report, source_info = load_rows(config.source)
     records, columns, input_kind = _mapped(config, found_columns, records)
@@ -462,12 +473,10 @@ def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str,
             raise SupportBenchError(
                 f"{out.path} holds other files ({', '.join(others[:5])}); pass --force or choose another --out"
             )
-    for name, data in contents.items():
-        atomic_write_bytes(out.split_path(name), data)
-    atomic_write_bytes(out.data_card_png, card.lengths_png(manifest))
-    atomic_write_text(out.data_card, card.markdown(manifest, out.data_card_png.name))
-    write_json(out.manifest_path, manifest)  # last: a manifest names only splits that are complete
-    return manifest
+    outputs = {out.split_path(name): data for name, data in contents.items()}
+    outputs[out.data_card_png] = card.lengths_png(manifest)
+    outputs[out.data_card] = card.markdown(manifest, out.data_card_png.name).encode("utf-8")
+    return write_together(outputs, out.manifest_path, manifest)  # the manifest last, naming each file's hash
 
 
 def summary_lines(manifest: dict[str, Any], out_dir: Path) -> list[str]:

@@ -7,13 +7,11 @@ import ipaddress
 import re
 from collections import Counter
 from collections.abc import Callable
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import phonenumbers
 
-from supportbench.files import SupportBenchError, read_yaml
+from supportbench.files import SupportBenchError, read_bundled_yaml, read_user_yaml
 
 EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
 CARD = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")
@@ -62,17 +60,11 @@ REGEX_DETECTORS: dict[str, tuple[re.Pattern[str], Callable[[str], bool]]] = {
 
 def load_rules(extra: str | None = None) -> dict[str, Any]:
     """The bundled pii_rules.yaml with a user's rules file merged over it, checked."""
-    rules = read_yaml(
-        resources.files("supportbench.prepare").joinpath("pii_rules.yaml").read_text(encoding="utf-8"),
-        "pii_rules.yaml",
-    )
+    rules = read_bundled_yaml("supportbench.prepare", "pii_rules.yaml")
     if extra:
-        path = Path(extra)
-        if not path.is_file():
-            raise SupportBenchError(f"PII rules file not found: {path}")
-        user = read_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+        user = read_user_yaml(extra, "PII rules file") or {}
         if not isinstance(user, dict) or set(user) - {"placeholders", "patterns"}:
-            raise SupportBenchError(f"{path}: a PII rules file holds `placeholders` and `patterns` mappings only")
+            raise SupportBenchError(f"{extra}: a PII rules file holds `placeholders` and `patterns` mappings only")
         for key in ("placeholders", "patterns"):
             rules[key].update(user.get(key) or {})
     for name, rule in rules["patterns"].items():

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from helpers import tiny_config, trained_copy
 
+from supportbench.cli import main
 from supportbench.config import EvalConfig
 from supportbench.decoding import Decoding, candidates
 from supportbench.evaluation.evaluator import evaluate_run, table_lines
 from supportbench.files import SupportBenchError, read_json, write_json
 from supportbench.layout import RunDir
+from supportbench.reports.render import write_run_report
 from supportbench.tasks import include_path
 from supportbench.trainers.lora import train
 
@@ -234,3 +236,30 @@ def test_eval_without_a_budget_in_an_old_run_asks_for_the_cap(tiny_run, tmp_path
     run.manifest_path.write_text(__import__("json").dumps(manifest))
     with pytest.raises(SupportBenchError, match="no reply-token budget"):
         evaluate_run(run.path, EvalConfig(limit=2, gen_batch_size=2))
+
+
+def test_a_failed_eval_leaves_the_old_eval_whole_and_a_mixed_folder_is_refused(
+    tiny_run, tmp_path, monkeypatch, capsys
+):
+    import supportbench.files
+
+    run = RunDir(trained_copy(tiny_run, tmp_path / "run"))
+    first = evaluate_run(run.path, EvalConfig(limit=4, gen_batch_size=4, max_new_tokens=8))
+    real = supportbench.files._write_temporary
+
+    def disk_full_at_stats(path, data):
+        if Path(path).name == "stats.json":
+            raise SupportBenchError(f"cannot write {path}: No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(supportbench.files, "_write_temporary", disk_full_at_stats)
+    with pytest.raises(SupportBenchError, match="No space left"):
+        evaluate_run(run.path, EvalConfig(limit=8, gen_batch_size=4, max_new_tokens=8))
+    monkeypatch.undo()
+    assert run.eval.summary()["n"] == first["n"]  # every file is still the first eval's
+    assert len(run.eval.samples.read_text().splitlines()) == 4
+    run.eval.samples.write_text(run.eval.samples.read_text().splitlines()[0] + "\n")  # a mixed folder
+    assert main(["gate", "--run", str(run.path)]) == 2
+    assert "incomplete or mixed: samples.jsonl" in capsys.readouterr().err
+    with pytest.raises(SupportBenchError, match="incomplete or mixed"):
+        write_run_report(run.path)

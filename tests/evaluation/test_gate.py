@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from supportbench.cli import main
-from supportbench.files import read_json, write_json, write_jsonl
+from supportbench.files import json_bytes, jsonl_bytes, read_json, write_json, write_together
 from supportbench.layout import RunDir
 from supportbench.stats import eval_statistics
 
@@ -40,9 +40,9 @@ def evaluated_run(
         }
         for i, (b, t) in enumerate(zip(base, tuned, strict=True))
     ]
-    write_jsonl(run.eval.samples, samples)
-    write_json(run.eval.stats, eval_statistics(samples, [[-20.0, 10, -15.0, 10]] * len(samples), seed=1234))
-    write_json(
+    statistics = eval_statistics(samples, [[-20.0, 10, -15.0, 10]] * len(samples), seed=1234)
+    write_together(
+        {run.eval.samples: jsonl_bytes(samples), run.eval.stats: json_bytes(statistics)},
         run.eval.metrics,
         {
             "template": "seed",
@@ -144,3 +144,32 @@ def test_perplexity_gains_point_the_right_way(tmp_path, scores):
     rules = tmp_path / "rules.yaml"
     rules.write_text(json.dumps({"beats_base": {"metric": "perplexity", "min_lower_bound": 0.0}}))
     assert apply_rules(run.path, rules_file=str(rules))["passed"]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("train.json", [1, 2, 3], "train.json is not a valid TrainRecord (the top level"),
+        ("eval/metrics.json", {"metrics": {}}, "metrics.json is not a valid EvalSummary (template: Field required)"),
+        ("eval/stats.json", [], "stats.json is not a valid StatsRecord (the top level"),
+    ],
+)
+def test_valid_json_of_the_wrong_shape_cannot_be_judged_exit_2(tmp_path, scores, capsys, name, content, message):
+    run = evaluated_run(tmp_path / "run", *scores)
+    if name == "eval/stats.json":  # committed with the eval, so that only its shape is wrong
+        record = {k: v for k, v in read_json(run.eval.metrics).items() if k != "outputs"}
+        write_together(
+            {run.eval.samples: run.eval.samples.read_bytes(), run.eval.stats: b"[]"}, run.eval.metrics, record
+        )
+    else:
+        (run.path / name).write_text(json.dumps(content))
+    assert main(["gate", "--run", str(run.path)]) == 2  # 1 is kept for "judged and failed"
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_step_summary_that_cannot_be_written_keeps_the_verdict(tmp_path, scores, monkeypatch, capsys):
+    run = evaluated_run(tmp_path / "run", *scores)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path))  # a folder
+    assert main(["gate", "--run", str(run.path)]) == 0
+    assert "cannot append the verdict to $GITHUB_STEP_SUMMARY" in capsys.readouterr().out

@@ -7,11 +7,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import BITEXT, TWCS, fixture_rows, small_split, trained_copy, write_csv
+from helpers import BITEXT, TWCS, fixture_rows, small_split, tiny_config, trained_copy, write_csv
 
+from supportbench.cli import main
 from supportbench.config import DataConfig
 from supportbench.files import SupportBenchError, read_json
-from supportbench.layout import RunDir
+from supportbench.layout import SPLITS, RunDir, SplitDir
 from supportbench.prepare.dataset import (
     PlaceholderFiller,
     load_placeholder_map,
@@ -19,6 +20,7 @@ from supportbench.prepare.dataset import (
     normalize_instruction,
     prepare,
 )
+from supportbench.trainers.lora import train
 
 
 def _prepare(path: Path, out: Path, **kwargs) -> dict:
@@ -227,3 +229,61 @@ def test_nul_and_escape_characters_are_stripped_and_counted(tmp_path):
     assert "\\u0000" not in written and "\\u001b" not in written and "[31mred" in written
     assert manifest["control_characters_removed"] == {"U+0000": 1, "U+001B": 2, "characters": 3, "rows": 2}
     assert read_json(out / "manifest.json")["counts"]["kept"] == len(rows)
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_prepare_never_replaces_its_own_input(tmp_path, force, capsys):
+    folder = tmp_path / "userdata"
+    folder.mkdir()
+    source = folder / "train.jsonl"
+    source.write_text("".join(json.dumps({**r, "extra": "kept"}) + "\n" for r in fixture_rows()))
+    before = source.read_bytes()
+    argv = ["prepare", "--data", str(source), "--out", str(folder), "--test-size", "12", "--validation-size", "4"]
+    assert main([*argv, *force]) == 2
+    err = capsys.readouterr().err
+    assert "would replace its own input" in err and str(source.resolve()) in err
+    assert source.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["train.jsonl"]
+
+
+def _failing_on(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every temporary write of `name` fail as a full disk does, after the earlier files were written."""
+    import supportbench.files
+
+    real = supportbench.files._write_temporary
+
+    def write(path, data):
+        if Path(path).name == name:
+            raise supportbench.files.SupportBenchError(f"cannot write {path}: No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(supportbench.files, "_write_temporary", write)
+
+
+def test_a_prepare_that_fails_part_way_leaves_the_old_split_whole(tmp_path, monkeypatch):
+    config = DataConfig(source=str(write_csv(tmp_path / "d.csv", fixture_rows())), test_size=16, validation_size=8)
+    out = SplitDir(tmp_path / "split")
+    old = prepare(config, out.path)
+    _failing_on("test.jsonl", monkeypatch)  # train and validation were written first
+    with pytest.raises(SupportBenchError, match="No space left"):
+        prepare(DataConfig(**{**config.__dict__, "seed": 7}), out.path, force=True)
+    assert out.manifest()["splits"] == old["splits"]
+    assert all(out.rows(name) for name in SPLITS)  # each file is the one the manifest records
+    assert not [p.name for p in out.path.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_a_split_file_other_than_its_manifest_is_refused_by_train(tiny_model_dir, tmp_path):
+    data = tmp_path / "run" / "data"
+    small_split(tmp_path, data)
+    rows = SplitDir(data).rows("train")
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-3]))  # a half-new split
+    with pytest.raises(SupportBenchError, match="train.jsonl is not the train split its manifest describes"):
+        train(tiny_config(tiny_model_dir), tmp_path / "run")
+    assert not (tmp_path / "run" / "train.json").exists()
+
+
+def test_a_duplicate_csv_header_is_refused_naming_it(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("instruction,response,response,intent\nwhere is my order,first,second,track_order\n")
+    with pytest.raises(SupportBenchError, match=r"names a column more than once: \['response'\]"):
+        prepare(DataConfig(source=str(path), test_size=1, validation_size=1), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
