@@ -93,11 +93,17 @@ class DataConfig:
     pii_rules: str | None = option(
         None, "YAML file of PII rules (placeholders, patterns) merged over the bundled ones"
     )
-    phone_region: str = option("US", "region of phone numbers written without a country code (ISO 3166 code)")
+    phone_region: str = option(
+        "US", "regions of phone numbers written without a country code, comma-separated ISO 3166 codes (US,GB)"
+    )
     languages: str = option(
         "en,es,fr,de,it,pt,nl,pl,sv,da,no,fi,tr,ru,ar,hi,zh,ja,ko,id",
         "languages the language detector may answer, ISO 639-1 codes",
     )
+
+    def phone_regions(self) -> list[str]:
+        """--phone-region as upper-case region codes."""
+        return [region.upper() for region in comma_list(self.phone_region)]
 
     def column_mapping(self) -> dict[str, str]:
         """--columns as {target: the file's column}."""
@@ -112,6 +118,8 @@ class DataConfig:
 
     def validate(self) -> None:
         """Reject impossible settings before any work starts."""
+        from phonenumbers import SUPPORTED_REGIONS
+
         _check(
             self,
             {
@@ -121,7 +129,7 @@ class DataConfig:
                 "validation_size": self.validation_size > 0,
                 "sample_size": self.sample_size >= 0,
                 "pii": self.pii in ("scrub", "keep"),
-                "phone_region": len(self.phone_region) == 2 and self.phone_region.isalpha(),
+                "phone_region": bool(self.phone_regions()) and set(self.phone_regions()) <= SUPPORTED_REGIONS,
                 "languages": bool(comma_list(self.languages)),
             },
             "data config",

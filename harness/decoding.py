@@ -67,12 +67,38 @@ def candidates(max_new_tokens: int, ngram_controls: bool = True) -> list[Decodin
     return [Decoding(max_new_tokens, p, n) for n in sizes for p in REPETITION_PENALTIES]
 
 
-def pick(scored: list[dict[str, Any]]) -> Decoding:
-    """The candidate with the best validation ROUGE-L among those with at most 2% of replies at the cap (else the one
-    with the fewest at the cap); ties go to the earlier, simpler candidate."""
-    fitting = [s for s in scored if s["at_cap"] <= MAX_AT_CAP_SHARE] or [min(scored, key=lambda s: s["at_cap"])]
-    best = max(fitting, key=lambda s: s["rougeL"]["mean"])  # max keeps the first of equals
-    return Decoding(**best["decoding"])
+CHOICE_RULE = (
+    "plain greedy, unless it leaves more than 2% of validation replies at the cap (then the best validation ROUGE-L "
+    "among the candidates within 2%), or a candidate within 2% beats it on the same validation examples with a "
+    "paired 95% interval above 0"
+)
+
+
+def compare_to_greedy(scored: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Each candidate after the first (plain greedy) with its paired ROUGE-L difference from greedy, example by example."""
+    from supportbench.stats import paired_difference
+
+    greedy = scored[0]["per_example_rougeL"]
+    return [scored[0]] + [
+        {**s, "vs_greedy": paired_difference(greedy, s["per_example_rougeL"], seed)} for s in scored[1:]
+    ]
+
+
+def pick(scored: list[dict[str, Any]]) -> tuple[Decoding, str]:
+    """The decoding CHOICE_RULE picks from candidates compared with `compare_to_greedy`, and why, in words."""
+    greedy, others = scored[0], scored[1:]
+    if greedy["at_cap"] > MAX_AT_CAP_SHARE:
+        fitting = [s for s in scored if s["at_cap"] <= MAX_AT_CAP_SHARE] or [min(scored, key=lambda s: s["at_cap"])]
+        best = max(fitting, key=lambda s: s["rougeL"]["mean"])  # max keeps the first of equals
+        reason = f"plain greedy left {greedy['at_cap']:.0%} of validation replies at the cap (over 2%)"
+        return Decoding(**best["decoding"]), f"{reason}; best validation ROUGE-L among the candidates within 2%"
+    winners = [s for s in others if s["at_cap"] <= MAX_AT_CAP_SHARE and s["vs_greedy"]["low"] > 0]
+    if not winners:
+        return Decoding(**greedy["decoding"]), "plain greedy: no candidate beat it with a paired 95% interval above 0"
+    best = max(winners, key=lambda s: s["vs_greedy"]["mean"])
+    d = best["vs_greedy"]
+    shown = f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+    return Decoding(**best["decoding"]), f"beat plain greedy by {shown} ROUGE-L on the same validation examples"
 
 
 def given_settings(settings: dict[str, Any]) -> dict[str, Any]:

@@ -233,6 +233,56 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+LOCK_NAME = ".supportbench.lock"
+
+
+@contextmanager
+def folder_lock(folder: Path, stage: str) -> Iterator[None]:
+    """Hold an exclusive lock on folder while a stage writes into it; a second writer is refused by name.
+
+    Under `accelerate launch` only the first process (RANK 0) takes it: the others are the same run."""
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    import fcntl
+
+    created = not Path(folder).exists()
+    _make_dir(Path(folder))
+    path = Path(folder) / LOCK_NAME
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    held = False
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise SupportBenchError(
+                f"{folder} is in use by {holder}; wait for it to finish or choose another folder"
+            ) from None
+        held = True
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"supportbench {stage} (pid {os.getpid()})")
+        handle.flush()
+        os.chmod(path, 0o666 & ~_umask())
+        yield
+    finally:
+        if held:
+            path.unlink(missing_ok=True)
+            if created and not any(Path(folder).iterdir()):  # a stage that failed before writing leaves no folder
+                Path(folder).rmdir()
+        handle.close()
+
+
+def apply_umask(folder: Path) -> None:
+    """Give every file and folder under folder the usual modes under the umask (libraries that write through
+    temporary files, as safetensors does, leave them 0600)."""
+    mask = _umask()
+    for path in [Path(folder), *Path(folder).rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces `final` only when the block succeeds."""
@@ -241,6 +291,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
+        apply_umask(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

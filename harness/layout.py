@@ -289,10 +289,29 @@ class RunDir:
     def require_adapter(self) -> TrainRecord:
         """The finished run's record, after checking that its adapter is complete."""
         record = self.trained()
-        if not (self.adapter / "adapter_config.json").is_file():
+        config, weights = self.adapter / "adapter_config.json", self.adapter / "adapter_model.safetensors"
+        if not config.is_file():
             raise SupportBenchError(
                 f"{self.path} has no LoRA adapter at {self.adapter}; train one with `supportbench train`"
             )
+        damaged = f"the adapter at {self.adapter} is damaged"
+        try:
+            settings = read_json(config)
+        except SupportBenchError as err:
+            raise SupportBenchError(f"{damaged}: {err}") from None
+        if not isinstance(settings, dict) or not isinstance(settings.get("r"), int):
+            raise SupportBenchError(f"{damaged}: {config.name} is not a LoRA config (no integer r)")
+        if not weights.is_file():
+            raise SupportBenchError(f"{damaged}: {weights.name} is missing")
+        from safetensors import SafetensorError, safe_open
+
+        try:  # reads the header and checks it against the file's size: a truncated file fails here
+            with safe_open(str(weights), framework="pt") as handle:
+                tensors = list(handle.keys())
+        except (SafetensorError, OSError, ValueError) as err:
+            raise SupportBenchError(f"{damaged}: {weights.name} cannot be read ({err})") from None
+        if not tensors:
+            raise SupportBenchError(f"{damaged}: {weights.name} holds no tensors")
         return record
 
     def load_variant(self, variant: str) -> tuple[Any, Any]:

@@ -89,8 +89,11 @@ CHAT_TEMPLATE = (
 SPECIAL = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
 
-def build_tiny_model(folder: Path, corpus: list[str], seed: int = 0) -> Path:
-    """Write config, random weights and a tokenizer trained on corpus into folder; return folder."""
+def build_tiny_model(
+    folder: Path, corpus: list[str], seed: int = 0, layers: int = 2, hidden: int = 32, stuck: bool = False
+) -> Path:
+    """Write config, random weights and a tokenizer trained on corpus into folder; return folder. A `stuck` model
+    has zero embeddings, so every logit is 0 and greedy decoding repeats token 0 up to the cap, never stopping."""
     import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -111,9 +114,9 @@ def build_tiny_model(folder: Path, corpus: list[str], seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
@@ -122,6 +125,10 @@ def build_tiny_model(folder: Path, corpus: list[str], seed: int = 0) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model = LlamaForCausalLM(config)
+    if stuck:
+        with torch.no_grad():
+            model.get_input_embeddings().weight.zero_()
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from supportbench.decoding import Decoding, candidates, pick, reply_budget
+from supportbench.decoding import Decoding, candidates, compare_to_greedy, pick, reply_budget
 
 
 def test_the_reply_budget_is_the_training_replies_p99_rounded_up_to_8():
@@ -16,14 +16,38 @@ def test_the_reply_budget_is_the_training_replies_p99_rounded_up_to_8():
     assert budget["max_new_tokens"] == 200 and budget["max"] == 200
 
 
-def test_pick_takes_the_best_validation_rouge_among_candidates_within_the_cap_share():
-    def scored(p: float, n: int, rouge: float, at_cap: float) -> dict:
-        return {"decoding": dataclasses.asdict(Decoding(64, p, n)), "rougeL": {"mean": rouge}, "at_cap": at_cap}
+def _scored(p: float, n: int, per_example: list[float], at_cap: float) -> dict:
+    rouge = {"mean": sum(per_example) / len(per_example)}
+    return {
+        "decoding": dataclasses.asdict(Decoding(64, p, n)),
+        "rougeL": rouge,
+        "per_example_rougeL": per_example,
+        "at_cap": at_cap,
+    }
 
-    assert pick([scored(1.0, 0, 0.30, 0.10), scored(1.1, 0, 0.28, 0.0), scored(1.0, 6, 0.25, 0.02)]) == Decoding(
-        64, 1.1, 0
+
+def test_plain_greedy_stays_unless_a_candidate_beats_it_with_a_paired_interval_above_zero():
+    greedy = [0.30, 0.32, 0.28, 0.35, 0.31, 0.29, 0.33, 0.30] * 3
+    noisy = [g + d for g, d in zip(greedy, [0.04, -0.03, 0.02, -0.02, 0.03, -0.01, 0.0, 0.01] * 3, strict=True)]
+    better = [g + 0.05 for g in greedy]
+    scored = compare_to_greedy([_scored(1.0, 0, greedy, 0.0), _scored(1.1, 0, noisy, 0.0)], seed=1)
+    assert scored[1]["rougeL"]["mean"] > scored[0]["rougeL"]["mean"]  # higher on average, but within the noise
+    choice, reason = pick(scored)
+    assert choice == Decoding(64) and "no candidate beat it" in reason
+    scored = compare_to_greedy(
+        [_scored(1.0, 0, greedy, 0.0), _scored(1.1, 0, noisy, 0.0), _scored(1.0, 6, better, 0.0)], seed=1
     )
-    # none fits: fewest at cap
-    assert pick([scored(1.0, 0, 0.30, 0.5), scored(1.1, 0, 0.20, 0.3)]) == Decoding(64, 1.1, 0)
-    assert pick([scored(1.0, 0, 0.3, 0.0), scored(1.1, 0, 0.3, 0.0)]) == Decoding(64)  # a tie keeps plain greedy
+    choice, reason = pick(scored)
+    assert choice == Decoding(64, 1.0, 6) and reason.startswith("beat plain greedy by +0.0500")
+    scored = compare_to_greedy([_scored(1.0, 0, greedy, 0.0), _scored(1.0, 6, better, 0.10)], seed=1)
+    assert pick(scored)[0] == Decoding(64)  # a winner that leaves too many replies at the cap is not taken
+
+
+def test_greedy_with_too_many_replies_at_the_cap_gives_way_to_the_best_within_the_cap_share():
+    greedy, other = [0.30] * 24, [0.28] * 24
+    scored = compare_to_greedy([_scored(1.0, 0, greedy, 0.10), _scored(1.1, 0, other, 0.0)], seed=1)
+    choice, reason = pick(scored)
+    assert choice == Decoding(64, 1.1, 0) and "left 10% of validation replies at the cap" in reason
+    scored = compare_to_greedy([_scored(1.0, 0, greedy, 0.5), _scored(1.1, 0, other, 0.3)], seed=1)
+    assert pick(scored)[0] == Decoding(64, 1.1, 0)  # none fits: fewest at the cap
     assert candidates(64, ngram_controls=False) == [Decoding(64, 1.0, 0), Decoding(64, 1.1, 0)]

@@ -19,6 +19,7 @@ from supportbench.files import (
     SupportBenchError,
     atomic_write_bytes,
     ensure_writable_dir,
+    folder_lock,
     read_json,
     staged_dir,
     write_json,
@@ -295,7 +296,7 @@ class LoRARecipe:
         """Check every precondition (no file written, no weights loaded), then prepare data, model and trainer."""
         from transformers.trainer_callback import ProgressCallback
 
-        from supportbench.trainers.callbacks import ProgressBar
+        from supportbench.trainers.callbacks import CheckpointModes, NonFiniteLoss, ProgressBar
 
         config = self.config
         get_template(self.template)
@@ -330,7 +331,7 @@ class LoRARecipe:
             self.run.checkpoints,
             self.device,
             SpeedKnobs(max_length=max_length),
-            callbacks=[self.progress],
+            callbacks=[self.progress, CheckpointModes(), NonFiniteLoss()],
         )
         self.trainer.remove_callback(ProgressCallback)
         self.turn_end = check_turn_end(self.trainer.train_dataset, self.tokenizer, max_length)
@@ -419,10 +420,11 @@ def train(
             raise SupportBenchError(f"--reuse: {run.path} holds a finished run with a different config ({diff})")
         print(f"reusing the finished run in {run.path}")
         return record.model_dump()
-    recipe = LoRARecipe(config, run, resume=resume, data=data)
-    recipe.setup()
-    recipe.fit()
-    return recipe.save()
+    with folder_lock(run.path, "train"):
+        recipe = LoRARecipe(config, run, resume=resume, data=data)
+        recipe.setup()
+        recipe.fit()
+        return recipe.save()
 
 
 def summary_lines(manifest: dict[str, Any], run_dir: Path) -> list[str]:

@@ -7,6 +7,19 @@ from pathlib import Path
 
 from supportbench.cli.options import add_command
 
+DEFAULT_PORT = 7860
+
+
+def port_number(text: str) -> int:
+    """--port: a TCP port from 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port from 1 to 65535")
+    return port
+
 
 def run(args: argparse.Namespace) -> None:
     """Serve the Gradio app for a run."""
@@ -26,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "side, and the run's metrics, loss curve, latency and memory.",
         run_folder="a finished training run folder",
     )
-    p.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or the next free one)")
+    p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="port on 127.0.0.1 (default: %(default)s)")
     p.add_argument("--share", action="store_true", help="also create a public Gradio share link (default: off)")
     p.add_argument(
         "--serve",

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from supportbench.deploy import runtime
-from supportbench.files import SupportBenchError, ensure_writable_dir, read_json, sha256_file, staged_dir, write_json
+from supportbench.files import (
+    SupportBenchError,
+    ensure_writable_dir,
+    folder_lock,
+    read_json,
+    sha256_file,
+    staged_dir,
+    write_json,
+)
 from supportbench.layout import RunDir
 from supportbench.models import model_path
 
@@ -21,7 +30,13 @@ def folder_mib(folder: Path) -> float:
 
 
 def export_run(run_dir: Path, to: str = runtime.FORMAT, force: bool = False) -> dict[str, Any]:
-    """Write RUN/export/merged (transformers, vLLM, TGI) and, for a runtime format, the fine-tuned and base models in it."""
+    """Write RUN/export/merged (transformers, vLLM, TGI) and, for a runtime format, the fine-tuned and base models in it,
+    holding the run's lock."""
+    with folder_lock(Path(run_dir), "export"):
+        return _export_run(run_dir, to, force)
+
+
+def _export_run(run_dir: Path, to: str, force: bool) -> dict[str, Any]:
     if to not in FORMATS:
         raise SupportBenchError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
     run = RunDir(Path(run_dir).resolve())
@@ -36,6 +51,8 @@ def export_run(run_dir: Path, to: str = runtime.FORMAT, force: bool = False) -> 
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model, tokenizer = run.load_variant("merged")
+    for stale in run.export_dir.glob(".*.partial") if run.export_dir.is_dir() else []:  # left by a killed export
+        shutil.rmtree(stale, ignore_errors=True)
     with staged_dir(run.merged) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

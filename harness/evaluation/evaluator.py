@@ -12,13 +12,23 @@ from pathlib import Path
 from typing import Any
 
 from supportbench.config import EvalConfig
-from supportbench.decoding import MAX_AT_CAP_SHARE, Decoding, candidates, frozen, given_settings, pick, run_budget
+from supportbench.decoding import (
+    CHOICE_RULE,
+    Decoding,
+    candidates,
+    compare_to_greedy,
+    frozen,
+    given_settings,
+    pick,
+    run_budget,
+)
 from supportbench.deploy.export import exported_format
 from supportbench.device import pick_device, process_state
 from supportbench.evaluation.score_cache import base_score_key, load_scores, store_scores
 from supportbench.files import (
     SupportBenchError,
     ensure_writable_dir,
+    folder_lock,
     json_bytes,
     jsonl_bytes,
     read_json,
@@ -255,8 +265,9 @@ def validation_scores(
     result = generation_scores(lm, path, metadata, config, limit)
     if result is None:
         return None
-    rouge_l = mean_interval([s["rougeL"] for s in result["samples"]], config.seed)
-    return {**result["metrics"], "rougeL": rouge_l, "seconds": result["seconds"]}
+    per_example = [s["rougeL"] for s in result["samples"]]
+    rouge_l = mean_interval(per_example, config.seed)
+    return {**result["metrics"], "rougeL": rouge_l, "per_example_rougeL": per_example, "seconds": result["seconds"]}
 
 
 def choose_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> Decoding:
@@ -275,13 +286,15 @@ def choose_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -
             scored.append({"decoding": asdict(candidate), **result})
     processes = process_state()
     if processes.is_main_process:
-        choice = pick(scored)
+        scored = compare_to_greedy(scored, config.seed)
+        choice, reason = pick(scored)
         write_json(
             run.decoding,
             {
                 "chosen": asdict(choice),
                 "label": choice.label(),
-                "rule": f"best validation ROUGE-L among candidates with at most {MAX_AT_CAP_SHARE:.0%} of replies at the cap",
+                "rule": CHOICE_RULE,
+                "reason": reason,
                 "budget": trained.reply_tokens and trained.reply_tokens.model_dump(),
                 "validation_examples": config.validation_limit,
                 "candidates": scored,
@@ -371,8 +384,13 @@ def resolve_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) 
 
 
 def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
-    """Score base and base+adapter on the run's held-out split and write eval/ into the run folder; None in every
-    launched process but the main one."""
+    """Score base and base+adapter on the run's held-out split and write eval/ into the run folder, holding the run's
+    lock; None in every launched process but the main one."""
+    with folder_lock(Path(run_dir), "eval"):
+        return _evaluate_run(run_dir, config)
+
+
+def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
     run = RunDir(run_dir)
     checked = _check_before_work(run, config)
     metadata, trained = checked["metadata"], checked["trained"]

@@ -18,8 +18,10 @@ from typing import Any
 
 from supportbench.config import DATA_ENV, OPTIONAL_COLUMNS, DataConfig, comma_list
 from supportbench.files import (
+    LOCK_NAME,
     SupportBenchError,
     ensure_writable_dir,
+    folder_lock,
     hub_reachable,
     jsonl_bytes,
     read_bundled_yaml,
@@ -200,6 +202,15 @@ def _texts(row: dict[str, Any]) -> dict[str, str]:
     return {c: "" if v is None else str(v) for c, v in fields.items()}
 
 
+def _not_text(row: dict[str, Any]) -> str | None:
+    """Why an example's exchange is not text (a JSON or Parquet object, list, number or boolean), or None."""
+    turns = [value for turn in row.get("history") or [] for value in turn]
+    for name, value in [*((c, row.get(c)) for c in REQUIRED_COLUMNS), *(("history", v) for v in turns)]:
+        if value is not None and not isinstance(value, str):
+            return f"{name} is a {type(value).__name__}, not text"
+    return None
+
+
 def clean_rows(
     rows, report: LoadReport, filler: PlaceholderFiller, controls: Counter[str], scrub: Callable[[str], str] | None
 ) -> list[dict[str, Any]]:
@@ -212,6 +223,10 @@ def clean_rows(
         return filler(scrub(text.strip()) if scrub else text.strip())
 
     for number, row in rows:
+        not_text = _not_text(row)
+        if not_text:
+            report.skip(number, f"malformed row: {not_text}")
+            continue
         texts = _texts(row)
         if any("\udc80" <= ch <= "\udcff" for v in texts.values() for ch in v):
             report.skip(number, "bad encoding: not valid UTF-8")
@@ -311,7 +326,8 @@ def split_rows(rows: list[dict[str, Any]], config: DataConfig) -> dict[str, list
         test_total, val_total = config.test_size, config.validation_size
     if test_total + val_total >= len(rows):
         raise SupportBenchError(
-            f"{len(rows)} usable rows cannot hold a test split of {test_total} and a validation split of {val_total}"
+            f"{len(rows)} usable rows cannot hold a test split of {test_total} and a validation split of {val_total}; "
+            "pass smaller --test-size and --validation-size (together under the row count, leaving rows to train on)"
         )
     groups = _split_groups(rows)
     by_intent: dict[str, list[str]] = defaultdict(list)
@@ -391,6 +407,12 @@ def input_files(source: str) -> set[Path]:
 
 
 def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str, Any]:
+    """Run the whole preparation into out_dir (see `_prepare`), holding the folder's lock while it writes."""
+    with folder_lock(Path(out_dir), "prepare"):
+        return _prepare(config, out_dir, force)
+
+
+def _prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str, Any]:
     """Run the whole preparation and write the splits plus manifest.json into out_dir, each file atomically.
 
     Only prepare's own files are ever replaced; a folder holding a training run is refused, and a folder
@@ -410,7 +432,7 @@ def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str,
     found_columns, records, report, source_info = load_rows(config.source)
     records, columns, input_kind = _mapped(config, found_columns, records)
     filler = PlaceholderFiller(load_placeholder_map(config.placeholders))
-    scrub = Scrubber(load_rules(config.pii_rules), config.phone_region) if config.pii == "scrub" else None
+    scrub = Scrubber(load_rules(config.pii_rules), config.phone_regions()) if config.pii == "scrub" else None
     controls: Counter[str] = Counter()
     if input_kind == "pairs":
         examples, example_report = records, report  # one example per row: a row is kept or skipped as a whole
@@ -463,7 +485,11 @@ def prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str,
     for name, data in contents.items():
         manifest["splits"][name]["sha256"] = hashlib.sha256(data).hexdigest()
     ours = set(out.outputs())
-    others = sorted(p.name for p in out.path.iterdir() if p not in ours) if out.path.is_dir() else []
+    others = (
+        sorted(p.name for p in out.path.iterdir() if p not in ours and p.name != LOCK_NAME)
+        if out.path.is_dir()
+        else []
+    )
     if not force:
         if out.is_prepared and out.manifest().get("splits") != manifest["splits"]:
             raise SupportBenchError(

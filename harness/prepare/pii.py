@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import phonenumbers
+from phonenumbers import Leniency
 
 from supportbench.files import SupportBenchError, read_bundled_yaml, read_user_yaml
 
@@ -80,8 +81,8 @@ def load_rules(extra: str | None = None) -> dict[str, Any]:
 class Scrubber:
     """Replaces personal data in text with typed placeholders and counts what it found, by type."""
 
-    def __init__(self, rules: dict[str, Any], phone_region: str):
-        self.rules, self.phone_region, self.found = rules, phone_region.upper(), Counter()
+    def __init__(self, rules: dict[str, Any], phone_regions: list[str]):
+        self.rules, self.phone_regions, self.found = rules, [r.upper() for r in phone_regions], Counter()
 
     def _placeholder(self, kind: str) -> str:
         return "{{" + self.rules["placeholders"][kind] + "}}"
@@ -102,10 +103,20 @@ class Scrubber:
         return pattern.sub(replace, text)
 
     def _phones(self, text: str) -> str:
-        matches = list(phonenumbers.PhoneNumberMatcher(text, self.phone_region))
-        for match in reversed(matches):
+        """Phone numbers, for recall: valid national numbers of every named region, and any possible number written
+        with an explicit country code (libphonenumber's VALID leniency rejects ranges reserved for fiction)."""
+        spans = {
+            (m.start, m.end) for region in self.phone_regions for m in phonenumbers.PhoneNumberMatcher(text, region)
+        }
+        possible = phonenumbers.PhoneNumberMatcher(text, self.phone_regions[0], leniency=Leniency.POSSIBLE)
+        spans |= {(m.start, m.end) for m in possible if m.raw_string.startswith("+")}
+        kept: list[tuple[int, int]] = []
+        for start, end in sorted(spans, key=lambda s: (s[0], -s[1])):  # overlapping matches: the first, longest one
+            if not kept or start >= kept[-1][1]:
+                kept.append((start, end))
+        for start, end in reversed(kept):
             self.found["phone"] += 1
-            text = text[: match.start] + self._placeholder("phone") + text[match.end :]
+            text = text[:start] + self._placeholder("phone") + text[end:]
         return text
 
     def __call__(self, text: str) -> str:

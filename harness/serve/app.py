@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,11 @@ def history_turns(history: list[dict[str, Any]]) -> list[Turn]:
 
 
 def chat(
-    assistant: Assistant, message: str, history: list[dict[str, Any]], max_tokens: int
+    assistant: Assistant,
+    message: str,
+    history: list[dict[str, Any]],
+    max_tokens: int,
+    cancel: threading.Event | None = None,
 ) -> Iterator[tuple[list, str]]:
     """Chat tab handler: stream the fine-tuned reply into the (text-only) conversation; clears the textbox."""
     history = text_history(history)
@@ -72,7 +77,7 @@ def chat(
         query = assistant.check_query(message)
         turns = history_turns(history)
         history += [{"role": "user", "content": query}, {"role": "assistant", "content": ""}]
-        for partial in assistant.stream(turns, query, finetuned=True, max_new_tokens=int(max_tokens)):
+        for partial in assistant.stream(turns, query, finetuned=True, max_new_tokens=int(max_tokens), cancel=cancel):
             history[-1] = {"role": "assistant", "content": partial}
             yield history, ""
     except SupportBenchError as err:
@@ -101,6 +106,7 @@ def performance_markdown(run_dir: Path) -> str:
 
 def build_app(run_dir: Path, assistant: Assistant | None = None):
     """The Gradio Blocks app for a run folder."""
+    import anyio
     import gradio as gr
 
     assistant = assistant or Assistant(run_dir)
@@ -108,7 +114,7 @@ def build_app(run_dir: Path, assistant: Assistant | None = None):
     cap = assistant.decoding.max_new_tokens  # the run's budget: its training replies' p99 length
     slider_max = max(512, cap)
     with gr.Blocks(title="SupportBench assistant", analytics_enabled=False) as app:
-        intro = f"Base model `{assistant.model_name}` with the LoRA adapter of `{run_dir}`"
+        intro = f"Base model `{assistant.model_name}` with the LoRA adapter of run `{Path(run_dir).name}`"
         intro += f", served by {assistant.backend.description}."
         gr.Markdown(f"# SupportBench customer-support assistant\n{intro}")
         with gr.Tab("Chat", id="chat"):
@@ -122,8 +128,16 @@ def build_app(run_dir: Path, assistant: Assistant | None = None):
             gr.Examples(EXAMPLES, inputs=query)
             clear = gr.Button("Clear conversation")
 
-            def on_chat(message, history, tokens):
-                yield from chat(assistant, message, history, tokens)
+            async def on_chat(message, history, tokens):
+                # driven from a thread, with a cancel flag set however the event ends (a client that leaves
+                # included), so the generation stops at its next token
+                cancel = threading.Event()
+                updates = chat(assistant, message, history, tokens, cancel)
+                try:
+                    while (update := await anyio.to_thread.run_sync(next, updates, None)) is not None:
+                        yield update
+                finally:
+                    cancel.set()
 
             event = dict(fn=on_chat, inputs=[query, chatbot, max_tokens], outputs=[chatbot, query])
             send.click(api_name="chat", **event)
@@ -154,8 +168,22 @@ def build_app(run_dir: Path, assistant: Assistant | None = None):
     return app
 
 
-def serve(run_dir: Path, port: int | None = None, share: bool = False, backend: str = "auto") -> None:
+def require_free_port(port: int) -> None:
+    """Refuse a port that is taken, before any model loads."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise SupportBenchError(
+                f"port {port} on 127.0.0.1 is not free ({err.strerror}); pass another --port"
+            ) from None
+
+
+def serve(run_dir: Path, port: int = 7860, share: bool = False, backend: str = "auto") -> None:
     """Serve the app and the OpenAI-compatible /v1 routes on 127.0.0.1 (analytics off; a share link only if asked)."""
+    require_free_port(port)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
     import uvicorn
@@ -172,7 +200,7 @@ def serve(run_dir: Path, port: int | None = None, share: bool = False, backend: 
     api = FastAPI(title="SupportBench assistant")
     api.include_router(openai_routes(assistant))
     app = gr.mount_gradio_app(api, blocks, path="/", show_error=True, **file_access(Path(run_dir)))
-    uvicorn.run(app, host="127.0.0.1", port=port or 7860)
+    uvicorn.run(app, host="127.0.0.1", port=port)
 
 
 def file_access(run_dir: Path) -> dict[str, Any]:

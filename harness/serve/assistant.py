@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,11 +231,19 @@ class Assistant:
             )
         return best
 
-    def generate(self, history: list[Turn], query: str, finetuned: bool, max_new_tokens: int) -> Iterator[Chunk]:
+    def generate(
+        self,
+        history: list[Turn],
+        query: str,
+        finetuned: bool,
+        max_new_tokens: int,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Chunk]:
         """Yield the reply as it grows, cut at the template's stop sequences; the last chunk says why it ended.
-        Generation stops when the consumer stops reading (a closed generator sets the cancel flag)."""
+        Generation stops at the next token once `cancel` is set (a server sets it when its client leaves) or when
+        the generator is closed; it never waits for the garbage collector."""
         prompt = self.prompt(self.clean_history(history), self.check_query(query), max_new_tokens)
-        cancel = threading.Event()
+        cancel = cancel or threading.Event()
         raw, reply, stopped = "", "", False
         try:
             for raw in self.backend.texts(prompt, finetuned, max_new_tokens, cancel):
@@ -249,10 +258,18 @@ class Assistant:
         at_cap = not stopped and produced >= max_new_tokens
         yield Chunk(reply, "length" if at_cap else "stop", self.count_tokens(prompt), produced)
 
-    def stream(self, history: list[Turn], query: str, finetuned: bool, max_new_tokens: int) -> Iterator[str]:
+    def stream(
+        self,
+        history: list[Turn],
+        query: str,
+        finetuned: bool,
+        max_new_tokens: int,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
         """Yield the reply text as it grows (see generate)."""
-        for chunk in self.generate(history, query, finetuned, max_new_tokens):
-            yield chunk.text
+        with closing(self.generate(history, query, finetuned, max_new_tokens, cancel)) as chunks:
+            for chunk in chunks:
+                yield chunk.text
 
     def count_tokens(self, text: str) -> int:
         """Tokens in a text, as the tokenizer counts them."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,7 @@ from supportbench.templates import Turn
 
 MODELS = {"supportbench": True, "supportbench-base": False}  # model name -> fine-tuned?
 MAX_TOKENS_LIMIT = 512
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: 20 turns of history at the assistant's character caps fit well inside
 ROLES = ("system", "user", "assistant")
 
 
@@ -36,9 +40,14 @@ class ChatRequest:
 def _content(message: dict[str, Any], index: int) -> str:
     content = message.get("content")
     if isinstance(content, list):  # typed parts: [{"type": "text", "text": ...}]
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        content = "".join(texts) if all(isinstance(text, str) for text in texts) else None
     if not isinstance(content, str):
-        raise SupportBenchError(f"messages[{index}].content must be a string or a list of text parts")
+        raise SupportBenchError(f"messages[{index}].content must be a string or a list of text parts with string text")
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SupportBenchError(f"messages[{index}].content holds a lone surrogate, which is not text") from None
     return content
 
 
@@ -47,7 +56,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
     if not isinstance(body, dict):
         raise SupportBenchError("the request body must be a JSON object")
     model = body.get("model", "supportbench")
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise SupportBenchError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -103,8 +112,9 @@ def complete(assistant: Assistant, request: ChatRequest) -> dict[str, Any]:
     return {**body, "usage": _usage(last)}
 
 
-def stream_events(assistant: Assistant, request: ChatRequest) -> Iterator[str]:
-    """Server-sent `chat.completion.chunk` events: the role, text deltas, the finish reason with usage, then [DONE]."""
+def stream_events(assistant: Assistant, request: ChatRequest, cancel: threading.Event | None = None) -> Iterator[str]:
+    """Server-sent `chat.completion.chunk` events: the role, text deltas, the finish reason with usage, then [DONE];
+    setting `cancel` stops the generation at its next token."""
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
@@ -114,13 +124,55 @@ def stream_events(assistant: Assistant, request: ChatRequest) -> Iterator[str]:
     yield event({"role": "assistant", "content": ""})
     sent = ""
     cap = request.max_tokens or assistant.decoding.max_new_tokens
-    for chunk in assistant.generate(request.history, request.query, MODELS[request.model], cap):
-        if chunk.text.startswith(sent) and len(chunk.text) > len(sent):
-            yield event({"content": chunk.text[len(sent) :]})
-            sent = chunk.text
-        if chunk.finish_reason:
-            yield event({}, chunk.finish_reason, usage=_usage(chunk))
+    with closing(assistant.generate(request.history, request.query, MODELS[request.model], cap, cancel)) as chunks:
+        for chunk in chunks:
+            if chunk.text.startswith(sent) and len(chunk.text) > len(sent):
+                yield event({"content": chunk.text[len(sent) :]})
+                sent = chunk.text
+            if chunk.finish_reason:
+                yield event({}, chunk.finish_reason, usage=_usage(chunk))
     yield "data: [DONE]\n\n"
+
+
+DISCONNECT_POLL_S = 0.2
+
+
+async def until_disconnect(http: Request, events: Iterator[str], cancel: threading.Event) -> AsyncIterator[str]:
+    """The events of a stream, sent until the client leaves: a watcher polls for the disconnect and sets `cancel`, so
+    the generation stops at its next token however the response ends (never left to the garbage collector)."""
+
+    async def watch() -> None:
+        while not cancel.is_set():
+            if await http.is_disconnected():
+                cancel.set()
+            await asyncio.sleep(DISCONNECT_POLL_S)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        while (event := await run_in_threadpool(next, events, None)) is not None:
+            yield event
+    finally:
+        cancel.set()
+        watcher.cancel()
+
+
+async def read_body(http: Request) -> Any:
+    """The request's JSON body, refused with a reason when it is too large, not UTF-8, not JSON or nested too deep."""
+    size = 0
+    chunks = []
+    async for chunk in http.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise SupportBenchError(f"the request body is over {MAX_BODY_BYTES:,} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SupportBenchError("the request body is not UTF-8 text") from None
+    except json.JSONDecodeError:
+        raise SupportBenchError("the request body is not valid JSON") from None
+    except RecursionError:
+        raise SupportBenchError("the request body is nested too deeply") from None
 
 
 def openai_routes(assistant: Assistant) -> APIRouter:
@@ -142,14 +194,16 @@ def openai_routes(assistant: Assistant) -> APIRouter:
     @router.post("/chat/completions")
     async def chat_completions(http: Request) -> Any:
         try:
-            request = parse_chat_request(await http.json())
-            assistant.check_query(request.query)
-        except json.JSONDecodeError:
-            return error("the request body is not valid JSON")
+            request = parse_chat_request(await read_body(http))
+            # the prompt must fit before a stream starts: afterwards an error could only drop the connection
+            cap = request.max_tokens or assistant.decoding.max_new_tokens
+            assistant.prompt(assistant.clean_history(request.history), assistant.check_query(request.query), cap)
         except SupportBenchError as err:
             return error(str(err))
         if request.stream:
-            return StreamingResponse(stream_events(assistant, request), media_type="text/event-stream")
+            cancel = threading.Event()
+            events = until_disconnect(http, stream_events(assistant, request, cancel), cancel)
+            return StreamingResponse(events, media_type="text/event-stream")
         try:
             return await run_in_threadpool(complete, assistant, request)
         except SupportBenchError as err:

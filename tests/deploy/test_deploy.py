@@ -214,3 +214,12 @@ def test_serving_load_measures_every_arm_for_each_user_count(exported_run):
     assert all(0 < a["tokens"] <= 6 * a["users"] and a["reply_p95_s"] >= a["reply_p50_s"] for a in arms)
     assert [a["throughput_vs_transformers"] for a in arms[:2]] == [1.0, 1.0]
     assert read_json(exported_run.serving_load) == result
+
+
+def test_export_removes_the_folders_a_killed_export_left(tiny_run, tmp_path):
+    run = RunDir(trained_copy(tiny_run, tmp_path / "run"))
+    stale = run.export_dir / ".merged.k1ll3d.partial"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
+    export_run(run.path, to="merged")
+    assert not stale.exists() and (run.merged / "config.json").is_file()

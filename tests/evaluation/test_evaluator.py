@@ -263,3 +263,29 @@ def test_a_failed_eval_leaves_the_old_eval_whole_and_a_mixed_folder_is_refused(
     assert "incomplete or mixed: samples.jsonl" in capsys.readouterr().err
     with pytest.raises(SupportBenchError, match="incomplete or mixed"):
         write_run_report(run.path)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("truncate", "adapter_model.safetensors cannot be read"),
+        ("empty", "adapter_model.safetensors cannot be read"),
+        ("remove", "adapter_model.safetensors is missing"),
+        ("config", "adapter_config.json"),
+    ],
+)
+def test_a_damaged_adapter_is_named_by_eval_and_export(tiny_run, tmp_path, damage, message, capsys):
+    run = RunDir(trained_copy(tiny_run, tmp_path / "run"))
+    weights, config = run.adapter / "adapter_model.safetensors", run.adapter / "adapter_config.json"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "remove":
+        weights.unlink()
+    else:
+        config.write_text('{"r": 8, "target_modules": [')
+    for argv in (["eval", "--run", str(run.path), "--limit", "2"], ["export", "--run", str(run.path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"the adapter at {run.adapter} is damaged" in err and message in err and "Traceback" not in err

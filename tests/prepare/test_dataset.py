@@ -287,3 +287,25 @@ def test_a_duplicate_csv_header_is_refused_naming_it(tmp_path):
     with pytest.raises(SupportBenchError, match=r"names a column more than once: \['response'\]"):
         prepare(DataConfig(source=str(path), test_size=1, validation_size=1), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_values_that_are_not_text_are_skipped_as_malformed_with_the_reason(tmp_path):
+    rows = fixture_rows()
+    odd = [{"nested": [1, 2]}, True, 42, ["a", "b"]]
+    for row, value in zip(rows, odd, strict=False):
+        row["response"] = value
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = prepare(DataConfig(source=str(path), test_size=16, validation_size=8), tmp_path / "out")
+    reasons = manifest["counts"]["skipped_by_reason"]
+    for kind in ("dict", "bool", "int", "list"):
+        assert any(f"response is a {kind}, not text" in reason for reason in reasons), reasons
+    kept = [r["response"] for name in SPLITS for r in SplitDir(tmp_path / "out").rows(name)]
+    assert not any(text.startswith(("{'", "[", "True")) or text == "42" for text in kept)
+
+
+def test_small_data_against_the_default_split_sizes_names_the_flags(tmp_path, capsys):
+    path = write_csv(tmp_path / "d.csv", fixture_rows()[:29])
+    assert main(["prepare", "--data", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "29 usable rows cannot hold a test split of 500" in err and "--test-size and --validation-size" in err

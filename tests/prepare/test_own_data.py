@@ -312,3 +312,17 @@ def test_the_report_embeds_the_data_card_and_says_when_scrubbing_was_off(tiny_ru
     prepare(DataConfig(source=source, test_size=16, validation_size=8, pii="keep"), run / "data", force=True)
     pages = {p.suffix: p.read_text() for p in write_run_report(run)}
     assert "PII scrubbing: OFF (--pii keep)" in pages[".md"] and "Scrubbing was off" in pages[".html"]
+
+
+def test_phone_numbers_reserved_for_fiction_are_scrubbed_in_every_named_region(tmp_path):
+    rows = fixture_rows()
+    planted = ["+44 7700 900123", "020 7946 0958"]  # UK ranges reserved for fiction; VALID leniency rejects the first
+    for row, value in zip(rows, planted, strict=False):
+        row["instruction"] += f" call me on {value} please"
+    source = write_csv(tmp_path / "uk.csv", rows)
+    manifest = prepare(DataConfig(source=str(source), phone_region="US,GB", **SMALL), tmp_path / "out")
+    written = b"".join(p.read_bytes() for p in (tmp_path / "out").glob("*.jsonl"))
+    assert not [v for v in planted if v.encode() in written]
+    assert manifest["data_card"]["pii"]["found"]["phone"] >= 2
+    with pytest.raises(SupportBenchError, match="phone_region='ZZ'"):
+        DataConfig(source=str(source), phone_region="ZZ").validate()

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import trained_copy
+from helpers import build_tiny_model, fixture_rows, small_split, tiny_config, trained_copy
 
 from supportbench.deploy.export import export_run
 from supportbench.files import SupportBenchError
 from supportbench.serve.app import chat, compare, history_turns, performance_markdown
 from supportbench.serve.assistant import MAX_QUERY_CHARS, Assistant
+from supportbench.trainers.lora import train
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -92,14 +93,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served(tiny_run, tmp_path_factory):
-    """`supportbench app` on a free localhost port, serving a copy of the tiny run exported to CTranslate2 int8."""
-    run = trained_copy(tiny_run, tmp_path_factory.mktemp("served") / "run")
-    export_run(run)
+def _serve(run: Path, *flags: str):
+    """`supportbench app` on a free localhost port: yield its URL once it answers, stop it afterwards."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "supportbench", "app", "--run", str(run), "--port", str(port)],
+        [sys.executable, "-m", "supportbench", "app", "--run", str(run), "--port", str(port), *flags],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -113,9 +111,19 @@ def served(tiny_run, tmp_path_factory):
     else:
         process.kill()
         pytest.fail("the app did not start within 120 s")
-    yield f"http://127.0.0.1:{port}/"
-    process.terminate()
-    process.wait(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run, tmp_path_factory):
+    """The app serving a copy of the tiny run exported to CTranslate2 int8."""
+    run = trained_copy(tiny_run, tmp_path_factory.mktemp("served") / "run")
+    export_run(run)
+    yield from _serve(run)
 
 
 def test_eight_concurrent_requests_all_complete(served):
@@ -127,8 +135,9 @@ def test_eight_concurrent_requests_all_complete(served):
     assert len(results) == 8 and all("total" in r[3] for r in results)
 
 
-def _post(url: str, body: dict, timeout: float = 120) -> tuple[int, bytes, float]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+def _post(url: str, body: dict | bytes, timeout: float = 120) -> tuple[int, bytes, float]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -247,3 +256,109 @@ def test_the_chat_handler_echoes_only_text(assistant):
     out, _ = list(chat(assistant, "please help me cancel order", history, 8))[-1]
     assert all(set(m) == {"role", "content"} and isinstance(m["content"], str) for m in out)
     assert out[0] == {"role": "user", "content": "my order"} and "passwd" not in json.dumps(out)
+
+
+def _user(content) -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": content}], "max_tokens": 4}).encode()
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (json.dumps({"model": ["x"], "messages": [{"role": "user", "content": "hi"}]}).encode(), "unknown model"),
+        (json.dumps({"model": {"a": 1}, "messages": [{"role": "user", "content": "hi"}]}).encode(), "unknown model"),
+        (_user([{"type": "text", "text": 42}]), "list of text parts with string text"),
+        (_user([{"type": "text", "text": ["a"]}]), "list of text parts with string text"),
+        (b'{"messages": [{"role": "user", "content": "\\ud800 refund"}]}', "lone surrogate"),
+        ('{"messages": [{"role": "user", "content": "café"}]}'.encode("latin-1"), "not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"pad": "' + b"x" * (2 << 20) + b'"}', "bytes"),
+        (_user("refund " * 550), "Please shorten it"),  # a prompt that does not fit, refused before any stream
+    ],
+)
+def test_malformed_api_requests_get_400_with_the_reason(served, body, message):
+    url = served + "v1/chat/completions"
+    for stream in (False, True):
+        data = body if not stream or not body.startswith(b"{") else body[:-1] + b', "stream": true}'
+        status, payload, _ = _post(url, data)
+        assert status == 400, (status, payload[:200])
+        assert message in json.loads(payload)["error"]["message"]
+
+
+@pytest.mark.parametrize("port", ["0", "99999", "http"])
+def test_ports_that_make_no_sense_are_refused_at_parse_time(port, capsys):
+    from supportbench.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["app", "--run", "x", "--port", port])
+    assert exit_info.value.code == 2 and "--port" in capsys.readouterr().err
+
+
+def test_a_busy_port_is_refused_before_the_model_loads(tiny_run, capsys):
+    from supportbench.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        assert main(["app", "--run", str(tiny_run), "--port", str(busy)]) == 2
+    assert f"port {busy} on 127.0.0.1 is not free" in capsys.readouterr().err
+
+
+def test_the_page_names_the_run_not_its_path_on_the_server(served):
+    with urllib.request.urlopen(served + "config", timeout=60) as response:
+        config = json.loads(response.read())
+    header = next(
+        c["props"]["value"]
+        for c in config["components"]
+        if "customer-support assistant" in str(c["props"].get("value"))
+    )
+    assert "LoRA adapter of run `run`" in header and "/served" not in header
+
+
+def _seconds_to_end(url: str, body: dict) -> float:
+    """Seconds from sending a streamed request to the end of its stream."""
+    started = time.perf_counter()
+    data = json.dumps({**body, "stream": True}).encode()
+    with urllib.request.urlopen(
+        urllib.request.Request(url, data, {"Content-Type": "application/json"}), timeout=300
+    ) as r:
+        assert r.read().decode().rstrip().endswith("data: [DONE]")
+    return time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def never_stopping_run(tmp_path_factory) -> Path:
+    """A run whose base model is slow enough to time (8 layers of 256) and never stops before its cap."""
+    root = tmp_path_factory.mktemp("slow")
+    corpus = [r["instruction"] + " " + r["response"] for r in fixture_rows()] + [
+        "### customer : support agent :",
+        "abcdef",
+    ]
+    model = build_tiny_model(root / "model", corpus, layers=8, hidden=256, stuck=True)
+    small_split(root, root / "run" / "data")
+    train(tiny_config(model, max_steps=1, save_steps=1, max_eval_examples=2), root / "run")
+    return root / "run"
+
+
+def test_a_client_that_leaves_a_stream_stops_its_generation(never_stopping_run):
+    """Over real HTTP, on the one-request-at-a-time transformers backend: streams whose clients closed the socket
+    must not hold up the next request (before the fix, each one generated on to its cap)."""
+    server = _serve(never_stopping_run, "--serve", "transformers")
+    url = next(server) + "v1/chat/completions"
+    try:
+        long = {"messages": [{"role": "user", "content": "please help me cancel order"}], "max_tokens": 480}
+        idle = _seconds_to_end(url, {**long, "max_tokens": 8})
+        full = _seconds_to_end(url, long)  # what a stream left running would cost the next client
+        host, port = url.split("//")[1].split("/")[0].split(":")
+        for _ in range(3):  # start a long stream, read its first bytes, and leave
+            with socket.create_connection((host, int(port))) as sock:
+                body = json.dumps({**long, "stream": True}).encode()
+                head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                sock.sendall(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                sock.recv(256)
+        after = _seconds_to_end(url, {**long, "max_tokens": 8})
+    finally:
+        server.close()
+    assert full > 10 * idle, f"a full stream ({full:.2f} s) is too quick to tell a left stream apart"
+    assert after < idle + 0.5 * full, f"after 3 left streams an 8-token reply took {after:.2f} s (idle {idle:.2f} s)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -210,3 +211,23 @@ def test_logits_only_from_the_first_trained_position_give_trls_loss(tiny_model_d
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     # the prompt positions before the first reply token got no logits
     assert kept[1].shape[1] < batch["input_ids"].shape[1]
+
+
+def test_weights_and_checkpoints_follow_the_umask(tiny_model_dir, tmp_path):
+    data = tmp_path / "run" / "data"
+    small_split(tmp_path, data)
+    previous = os.umask(0o002)
+    try:
+        train(tiny_config(tiny_model_dir, max_steps=2, save_steps=2), tmp_path / "run")
+    finally:
+        os.umask(previous)
+    weights = [*(tmp_path / "run" / "adapter").rglob("*"), *(tmp_path / "run" / "checkpoints").rglob("*")]
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in weights if p.is_file()}
+    assert any(p.name.endswith(".safetensors") for p in weights) and modes == {0o664}
+
+
+def test_a_loss_that_becomes_non_finite_fails_the_run(tiny_model_dir, tmp_path):
+    small_split(tmp_path, tmp_path / "run" / "data")
+    with pytest.raises(SupportBenchError, match="the training (loss|grad_norm|eval_loss) became (nan|inf)"):
+        train(tiny_config(tiny_model_dir, learning_rate=1e30, max_steps=4), tmp_path / "run")
+    assert not (tmp_path / "run" / "train.json").exists()
