@@ -150,6 +150,8 @@ def read_json(path: Path) -> Any:
         raise SupportBenchError(f"missing file: {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise SupportBenchError(f"{path} is not UTF-8 text (byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise SupportBenchError(f"malformed JSON in {path}: {err}") from err
 

@@ -6,6 +6,7 @@ import importlib.metadata
 import importlib.util
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,12 @@ def load_registry() -> dict[str, dict[str, Any]]:
         user = read_user_yaml(user_path, "model registry", f"model registry {user_path}") or {}
         if not isinstance(user, dict):
             raise SupportBenchError(f"model registry {user_path} must map aliases to entries")
+        shadowed = sorted(set(user) & set(registry))
+        if shadowed:
+            warnings.warn(
+                f"model registry {user_path} redefines the bundled alias(es) {shadowed}; its entries are used",
+                stacklevel=2,
+            )
         registry.update(user)
     elif os.environ.get(REGISTRY_ENV):
         raise SupportBenchError(f"${REGISTRY_ENV} names a missing file: {user_path}")
@@ -73,6 +80,16 @@ def load_registry() -> dict[str, dict[str, Any]]:
         if len(sources) != 1:
             raise SupportBenchError(f"model registry entry {alias!r} needs exactly one of {SOURCES}, has {sources}")
     return registry
+
+
+def model_origin(name: str) -> str:
+    """Where a model name resolves from, as a run records it: the bundled or the user's registry, a folder, a hub id."""
+    user_path = _user_registry_path()
+    if user_path.is_file() and name in (read_user_yaml(user_path, "model registry") or {}):
+        return f"user registry {user_path}"
+    if name in read_bundled_yaml("supportbench", "registry.yaml"):
+        return "bundled registry"
+    return "folder" if Path(name).expanduser().is_dir() else "hub id"
 
 
 def resolve(name: str) -> ModelSpec:

@@ -13,6 +13,7 @@ SYSTEM_PROMPT = (
 )
 SEED_CUSTOMER = "### Customer:"
 SEED_AGENT = "### Support Agent:"
+MAX_HISTORY_TURNS = 20  # past exchanges a prompt keeps (the app) and an example stores (prepare)
 # Role markers that chat templates use to open or close a turn; the ones a tokenizer knows become stops.
 CHAT_TURN_MARKERS = (
     "<|im_start|>",

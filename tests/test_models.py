@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from supportbench import models
 from supportbench.device import pick_device
@@ -93,3 +94,13 @@ def test_an_unwritable_model_cache_is_named(monkeypatch):
     monkeypatch.setenv("SUPPORTBENCH_CACHE", "/sys/fs/supportbench-cache")
     with pytest.raises(SupportBenchError, match="cannot create the folder /sys/fs/supportbench-cache"):
         models.materialize(models.resolve("smollm2-135m"))
+
+
+def test_a_user_registry_that_shadows_a_bundled_alias_is_warned_and_recorded(tmp_path, monkeypatch, tiny_model_dir):
+    registry = tmp_path / "models.yaml"
+    registry.write_text(yaml.safe_dump({"smollm2-135m": {"path": str(tiny_model_dir), "template": "seed"}}))
+    monkeypatch.setenv("SUPPORTBENCH_REGISTRY", str(registry))
+    with pytest.warns(UserWarning, match=r"redefines the bundled alias\(es\) \['smollm2-135m'\]"):
+        spec = models.resolve("smollm2-135m")
+    assert spec.source == "local" and models.model_origin("smollm2-135m") == f"user registry {registry}"
+    assert models.model_origin("gemma3-270m") == "bundled registry" and models.model_origin(str(tmp_path)) == "folder"

@@ -27,7 +27,7 @@ from supportbench.files import (
 from supportbench.launch import world_size
 from supportbench.layout import SPLITS, RunDir, SplitDir
 from supportbench.metrics import token_cap
-from supportbench.models import load_model, model_path, resolve
+from supportbench.models import load_model, model_origin, model_path, resolve
 from supportbench.prepare.dataset import prepare
 from supportbench.reports.plots import loss_curve_png
 from supportbench.templates import get_template, row_turns
@@ -248,16 +248,34 @@ def _subset(rows: list[dict[str, Any]], limit: int | None, seed: int) -> list[di
     return sorted(random.Random(seed).sample(rows, limit), key=lambda r: r["source_row"])
 
 
+def _checkpoint_intact(checkpoint: Path) -> bool:
+    """True when trainer_state.json (written last by the Trainer) parses, every torch file (optimizer, scheduler,
+    RNG state) is a whole zip archive, and every safetensors header matches its file's size."""
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        for path in checkpoint.glob("*.pt*"):
+            with zipfile.ZipFile(path) as archive:
+                if archive.testzip() is not None:
+                    return False
+        for path in checkpoint.glob("*.safetensors"):
+            with safe_open(str(path), framework="pt"):
+                pass
+    except (OSError, ValueError, zipfile.BadZipFile, SafetensorError):
+        return False
+    return True
+
+
 def last_complete_checkpoint(folder: Path) -> str | None:
-    """The newest checkpoint whose trainer_state.json (written last by the Trainer) is complete; a kill mid-save
-    leaves a newer, partial checkpoint that must be skipped."""
+    """The newest intact checkpoint; a kill mid-save, or a damaged file, leaves a newer one that must be skipped."""
     numbered = [(int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
     for _, checkpoint in sorted(numbered, reverse=True):
-        try:
-            json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        return str(checkpoint)
+        if _checkpoint_intact(checkpoint):
+            return str(checkpoint)
+        print(f"skipping the damaged or partial checkpoint {checkpoint}")
     return None
 
 
@@ -370,6 +388,7 @@ class LoRARecipe:
         manifest = {
             "config": dataclasses.asdict(self.config),
             "template": self.template,
+            "model_origin": model_origin(self.config.model),
             "resumed_from": self.last_checkpoint,
             "data": {"dir": run.data.path.name, **{name: split[name]["sha256"] for name in SPLITS}},
             "train_examples": len(self.train_rows),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from supportbench.cli import app, bench, evaluate, export, gate, info, prepare, rank, report, sweep, train
@@ -33,4 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except SupportBenchError as err:
         print(f"supportbench {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"supportbench {args.command}: error: no space left on the device{where}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,8 @@ def load_rules(path: str | None) -> dict[str, Any]:
             if value["metric"] not in (ROUGE_TYPES if name == "non_inferior_to_baseline" else METRICS):
                 raise SupportBenchError(f"{origin}: rule {name} cannot use metric {value['metric']!r}")
             numbers = [v for k, v in value.items() if k != "metric"]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
-            raise SupportBenchError(f"{origin}: rule {name} needs numbers, got {value!r}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+            raise SupportBenchError(f"{origin}: rule {name} needs numbers, finite ones, got {value!r}")
     return rules
 
 

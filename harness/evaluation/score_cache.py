@@ -26,6 +26,7 @@ SCORING_CODE = (
     "supportbench.templates",
 )
 VERSIONED = ("lm_eval", "transformers", "torch", "peft")
+RESULT_KEYS = {"metrics", "samples", "n", "perplexity_items"}  # what eval reads from a base model's cached scores
 NOT_BASE_SETTINGS = ("base_model", "twcs", "validation_limit")  # what the base model's test scores never depend on
 PARALLELISM = ("tensor_parallel_size", "data_parallel_size")  # how the work is spread, never what it scores
 
@@ -79,6 +80,8 @@ def load_scores(key: str) -> dict[str, Any] | None:
     try:
         entry = read_json(path)
         intact = entry["key"] == key and hashlib.sha256(_canonical(entry["result"])).hexdigest() == entry["sha256"]
+        # a checksum recomputed over junk still needs the shape of scores
+        intact = intact and isinstance(entry["result"], dict) and RESULT_KEYS <= set(entry["result"])
     except (SupportBenchError, KeyError, TypeError):
         intact = False
     if not intact:

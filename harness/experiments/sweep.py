@@ -205,11 +205,11 @@ def sweep(config: SweepConfig, out: Path) -> dict[str, Any]:
     from supportbench.prepare.dataset import prepare
 
     config.validate()
-    for name in config.models:
-        model_path(name)  # an unknown or unavailable model fails before any trial
     given = SplitDir(Path(config.data)) if config.data and Path(config.data).is_dir() else None
     if given:
-        given.manifest()  # a folder that holds no prepared split is named in the error
+        given.manifest()  # a folder that holds no prepared split is named, before any model is materialized
+    for name in config.models:
+        model_path(name)  # an unknown or unavailable model fails before any trial
     folder = SweepDir(Path(out))
     folder.path.mkdir(parents=True, exist_ok=True)
     if not folder.data.is_prepared and given:

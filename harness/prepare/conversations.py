@@ -9,6 +9,7 @@ from typing import Any
 
 from supportbench.config import OPTIONAL_COLUMNS
 from supportbench.files import SupportBenchError
+from supportbench.templates import MAX_HISTORY_TURNS
 
 USER_ROLES = {"user", "customer", "client", "human", "inbound", "true", "1"}
 AGENT_ROLES = {"assistant", "agent", "support", "bot", "outbound", "false", "0"}
@@ -28,7 +29,9 @@ def _examples(dialogue: list[tuple[str, str]], base: dict[str, Any], key: str, s
     """One example per agent turn of a dialogue that alternates customer, agent, customer, ..."""
     examples = []
     for i in range(1, len(dialogue), 2):
-        history = [[dialogue[j][1], dialogue[j + 1][1]] for j in range(0, i - 1, 2)]
+        # the app keeps as many past exchanges, so older ones never reach a prompt: storing them is quadratic waste
+        first = max(0, i - 1 - 2 * MAX_HISTORY_TURNS)
+        history = [[dialogue[j][1], dialogue[j + 1][1]] for j in range(first, i - 1, 2)]
         example = {**base, "instruction": dialogue[i - 1][1], "response": dialogue[i][1], "history": history}
         examples.append((source_row[i], {**example, "_id": f"{key}-turn-{i // 2 + 1}", "conversation": key}))
     return examples
@@ -90,13 +93,24 @@ def message_key(value: Any) -> str:
     return text[:-2] if text.endswith(".0") and text[:-2].isdigit() else text
 
 
-def _thread_of(rows: dict[str, dict[str, Any]], message_id: str) -> str:
-    """The first message of a reply chain (a reply whose parent is not in the file starts its own thread)."""
-    seen = set()
-    while (parent := message_key(rows[message_id].get("reply_to"))) in rows and message_id not in seen:
-        seen.add(message_id)
-        message_id = parent
-    return message_id
+def thread_roots(rows: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each message's first message of its reply chain (a reply whose parent is not in the file starts its own
+    thread; a cycle is cut where it closes), in one walk over every chain: linear in the messages."""
+    roots: dict[str, str] = {}
+    for start in rows:
+        path, seen, message_id = [], set(), start
+        while message_id not in roots:
+            path.append(message_id)
+            seen.add(message_id)
+            parent = message_key(rows[message_id].get("reply_to"))
+            if parent not in rows or parent in seen:
+                roots[message_id] = message_id
+                break
+            message_id = parent
+        root = roots[message_id]
+        for member in path:
+            roots[member] = root
+    return roots
 
 
 def from_threads(records: Numbered, report: Any) -> Numbered:
@@ -113,7 +127,8 @@ def from_threads(records: Numbered, report: Any) -> Numbered:
             messages.append((number, {**row, "role": "user" if role in USER_ROLES else "assistant"}))
     if messages and "conversation" not in messages[0][1]:
         by_id = {message_key(row["message_id"]): row for _, row in messages}
-        thread_of = {number: _thread_of(by_id, message_key(row["message_id"])) for number, row in messages}
+        roots = thread_roots(by_id)
+        thread_of = {number: roots[message_key(row["message_id"])] for number, row in messages}
     else:
         thread_of = {number: str(row["conversation"]) for number, row in messages}
     threads: dict[str, Numbered] = defaultdict(list)

@@ -68,8 +68,16 @@ def instruction_hash(text: str) -> str:
 # ---------------------------------------------------------------- loading
 
 
+def _utf8_text(path: Path) -> str:
+    """A data file's text; UTF-16 (which spreadsheet exports often are) is named instead of misread."""
+    data = path.read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise SupportBenchError(f"{path} is UTF-16 text; save it as UTF-8 (for example: iconv -f UTF-16 -t UTF-8)")
+    return data.decode("utf-8", errors="surrogateescape")
+
+
 def _read_csv(path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    text = _utf8_text(path)
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:
@@ -91,7 +99,15 @@ def _read_csv(path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int
 def _read_jsonl(path: Path, report: LoadReport) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     header: dict[str, None] = {}
     rows = []
-    lines = path.read_bytes().decode("utf-8", errors="surrogateescape").splitlines()
+    text = _utf8_text(path)
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):  # one JSON array of rows, not JSON lines
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SupportBenchError(f"malformed JSON in {path}: {err}") from None
+        lines = [json.dumps(record) for record in records]
+    else:
+        lines = text.splitlines()
     for number, line in enumerate((ln for ln in lines if ln.strip()), start=1):
         report.rows_in += 1
         try:
@@ -126,9 +142,13 @@ def load_rows(source: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]],
         elif suffix in (".jsonl", ".json"):
             columns, rows = _read_jsonl(path, report)
         elif suffix == ".parquet":
+            import pyarrow
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
+            try:
+                table = pq.read_table(path)
+            except (pyarrow.ArrowException, OSError) as err:
+                raise SupportBenchError(f"{path} is not a readable Parquet file ({err})") from None
             columns, rows = _read_table(table.to_pylist(), table.column_names, report)
         else:
             raise SupportBenchError(f"unsupported data file type {suffix!r}: use .csv, .jsonl or .parquet")
@@ -440,6 +460,11 @@ def _prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str
         examples = (from_messages if input_kind == "messages" else from_threads)(records, report)
         example_report = LoadReport(rows_in=len(examples))
     kept = clean_rows(examples, example_report, filler, controls, scrub)
+    if not kept:
+        skipped = report.skipped + ([] if example_report is report else example_report.skipped)
+        reasons = Counter(card.reason_counts(skipped)).most_common(3)
+        shown = "; ".join(f"{n} x {reason}" for reason, n in reasons) or "the input holds no rows"
+        raise SupportBenchError(f"no usable examples in {config.source}: {shown}")
     detect_languages(kept, config.languages)
     splits = split_rows(kept, config)
     overlap = overlap_report(splits)
@@ -537,8 +562,11 @@ def load_twcs_pairs(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise SupportBenchError(f"TWCS file not found: {path}")
-    with open(path, encoding="utf-8", newline="") as handle:
-        tweets = list(csv.DictReader(handle))
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SupportBenchError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    tweets = list(csv.DictReader(io.StringIO(text, newline="")))
     needed = {"tweet_id", "author_id", "inbound", "text", "response_tweet_id"}
     if not tweets:
         raise SupportBenchError(f"{path}: no tweets (an empty or header-only TWCS file)")

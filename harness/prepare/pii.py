@@ -64,13 +64,17 @@ def load_rules(extra: str | None = None) -> dict[str, Any]:
     rules = read_bundled_yaml("supportbench.prepare", "pii_rules.yaml")
     if extra:
         user = read_user_yaml(extra, "PII rules file") or {}
-        if not isinstance(user, dict) or set(user) - {"placeholders", "patterns"}:
+        if (
+            not isinstance(user, dict)
+            or set(user) - {"placeholders", "patterns"}
+            or not all(isinstance(user.get(key) or {}, dict) for key in ("placeholders", "patterns"))
+        ):
             raise SupportBenchError(f"{extra}: a PII rules file holds `placeholders` and `patterns` mappings only")
         for key in ("placeholders", "patterns"):
             rules[key].update(user.get(key) or {})
     for name, rule in rules["patterns"].items():
-        if not isinstance(rule, dict) or not {"regex", "placeholder"} <= set(rule):
-            raise SupportBenchError(f"PII pattern {name!r} needs a `regex` and a `placeholder`")
+        if not isinstance(rule, dict) or not all(isinstance(rule.get(k), str) for k in ("regex", "placeholder")):
+            raise SupportBenchError(f"PII pattern {name!r} needs a `regex` and a `placeholder`, both text")
         try:
             rule["compiled"] = re.compile(rule["regex"], re.IGNORECASE)
         except re.error as err:

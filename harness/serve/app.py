@@ -101,7 +101,8 @@ def compare(assistant: Assistant, message: str, max_tokens: int) -> tuple[str, s
 
 def performance_markdown(run_dir: Path) -> str:
     """Model Performance tab: the report's Markdown, read from the run's files (missing parts say so)."""
-    return render("report.j2", "md", run=collect_run(run_dir), show_loss_curve=False)  # the tab shows the PNG itself
+    # the tab shows the loss curve itself; the other images are inlined, as the HTML report does
+    return render("report.j2", "md", run=collect_run(run_dir), show_loss_curve=False, inline_images=True)
 
 
 def build_app(run_dir: Path, assistant: Assistant | None = None):

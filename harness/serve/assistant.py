@@ -20,10 +20,9 @@ from supportbench.deploy.export import exported_format
 from supportbench.files import SupportBenchError, read_json
 from supportbench.layout import RunDir
 from supportbench.models import load_model
-from supportbench.templates import Turn, get_template
+from supportbench.templates import MAX_HISTORY_TURNS, Turn, get_template
 
 MAX_QUERY_CHARS = 4000
-MAX_HISTORY_TURNS = 20  # past exchanges kept; older ones are dropped before the prompt is fitted
 MAX_HISTORY_CHARS = 16000
 GENERATION_THREAD = "supportbench-generate"
 

@@ -160,3 +160,33 @@ def test_a_train_flag_equal_to_its_default_beats_the_preset_and_the_config_file(
 
 def test_every_command_that_takes_a_config_file_has_a_layering_test():
     assert _commands_with_config_files() == ["prepare", "train"]
+
+
+def test_a_full_disk_is_a_clear_error_not_a_traceback(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import supportbench.prepare.card
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "data_card.png"))
+
+    monkeypatch.setattr(supportbench.prepare.card, "lengths_png", full)  # matplotlib writing its PNG
+    path = write_csv(tmp_path / "d.csv", fixture_rows())
+    assert (
+        main(
+            [
+                "prepare",
+                "--data",
+                str(path),
+                "--out",
+                str(tmp_path / "out"),
+                "--test-size",
+                "12",
+                "--validation-size",
+                "4",
+            ]
+        )
+        == 2
+    )
+    assert "no space left on the device writing" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -126,6 +126,7 @@ def test_an_incomparable_baseline_is_refused_with_the_reason(tmp_path, scores, o
         ("beats_base: {metric: rougeL}\n", "needs exactly the keys"),
         ("non_inferior_to_baseline: {metric: bleu, margin: 0.02}\n", "cannot use metric 'bleu'"),
         ("max_runon_share: lots\n", "needs numbers"),
+        ("max_runon_share: .nan\n", "needs numbers, finite ones"),
     ],
 )
 def test_bad_rules_are_named(tmp_path, scores, text, message, capsys):

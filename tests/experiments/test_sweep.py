@@ -12,7 +12,7 @@ import pytest
 from helpers import BITEXT, fixture_rows, small_split, write_csv
 
 from supportbench.config import DataConfig, SweepConfig, TrainConfig, read_config_file
-from supportbench.files import read_json
+from supportbench.files import SupportBenchError, read_json
 
 
 def sweep_command(out: Path, model: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -112,3 +112,15 @@ def test_sweep_flags_that_make_no_sense_are_refused(flags, message, tiny_model_d
     done = sweep_command(tmp_path / "s", tiny_model_dir, BITEXT, *flags)
     assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_a_data_folder_without_a_split_is_refused_before_any_model_is_materialized(tmp_path, monkeypatch):
+    from supportbench.experiments import sweep as sweep_module
+
+    def materialize(name):
+        raise AssertionError(f"{name} was materialized before the data folder was checked")
+
+    monkeypatch.setattr(sweep_module, "model_path", materialize)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SupportBenchError, match="no prepared split at"):
+        sweep_module.sweep(SweepConfig(data=str(tmp_path / "empty")), tmp_path / "out")

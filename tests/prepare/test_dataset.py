@@ -309,3 +309,48 @@ def test_small_data_against_the_default_split_sizes_names_the_flags(tmp_path, ca
     assert main(["prepare", "--data", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "29 usable rows cannot hold a test split of 500" in err and "--test-size and --validation-size" in err
+
+
+def test_unreadable_inputs_get_errors_that_name_the_problem(tmp_path):
+    small = {"test_size": 4, "validation_size": 4}
+    parquet = tmp_path / "broken.parquet"
+    parquet.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(SupportBenchError, match="is not a readable Parquet file"):
+        prepare(DataConfig(source=str(parquet), **small), tmp_path / "a")
+    utf16 = write_csv(tmp_path / "utf16.csv", fixture_rows())
+    utf16.write_bytes(utf16.read_text().encode("utf-16"))
+    with pytest.raises(SupportBenchError, match="is UTF-16 text; save it as UTF-8"):
+        prepare(DataConfig(source=str(utf16), **small), tmp_path / "b")
+    source = write_csv(tmp_path / "d.csv", fixture_rows())
+    for rules, message in [
+        ("placeholders: [1, 2]\n", "mappings only"),
+        ("patterns: {x: {regex: 42, placeholder: X}}\n", "both text"),
+    ]:
+        (tmp_path / "rules.yaml").write_text(rules)
+        with pytest.raises(SupportBenchError, match=message):
+            prepare(DataConfig(source=str(source), pii_rules=str(tmp_path / "rules.yaml"), **small), tmp_path / "c")
+
+
+def test_a_json_array_file_is_read_as_rows(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(fixture_rows()))
+    manifest = prepare(DataConfig(source=str(path), test_size=16, validation_size=8), tmp_path / "out")
+    assert manifest["counts"]["kept"] == len(fixture_rows())
+
+
+def test_a_column_map_onto_unknown_roles_says_why_no_row_is_usable(tmp_path):
+    rows = [{"thread": "t1", "who": "robot", "body": f"hello {i}"} for i in range(6)]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = DataConfig(
+        source=str(path), columns="conversation=thread,role=who,text=body", test_size=1, validation_size=1
+    )
+    with pytest.raises(SupportBenchError, match=r"no usable examples in .*6 x unknown role 'robot'"):
+        prepare(config, tmp_path / "out")
+
+
+def test_a_twcs_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "twcs.csv"
+    path.write_bytes("tweet_id,author_id,inbound,text,response_tweet_id\n1,a,True,café,\n".encode("latin-1"))
+    with pytest.raises(SupportBenchError, match="is not UTF-8 text"):
+        load_twcs_pairs(path)

@@ -326,3 +326,31 @@ def test_phone_numbers_reserved_for_fiction_are_scrubbed_in_every_named_region(t
     assert manifest["data_card"]["pii"]["found"]["phone"] >= 2
     with pytest.raises(SupportBenchError, match="phone_region='ZZ'"):
         DataConfig(source=str(source), phone_region="ZZ").validate()
+
+
+def test_a_long_reply_chain_keeps_the_apps_history_cap_and_is_walked_once(tmp_path):
+    from supportbench.prepare.conversations import thread_roots
+    from supportbench.templates import MAX_HISTORY_TURNS
+
+    n = 1000  # one reply chain: customer, agent, customer, ... each message replying to the one before
+    rows = [
+        {
+            "message_id": str(i),
+            "reply_to": str(i - 1) if i else "",
+            "role": "user" if i % 2 == 0 else "assistant",
+            "text": f"message number {i} about my order",
+            "intent": "track_order",
+            "category": "ORDER",
+        }
+        for i in range(n)
+    ]
+    path = tmp_path / "chain.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepare(DataConfig(source=str(path), test_size=50, validation_size=50, pii="keep"), tmp_path / "out")
+    examples = [r for name in ("train", "validation", "test") for r in SplitDir(tmp_path / "out").rows(name)]
+    assert len(examples) == n // 2 and max(len(e["history"]) for e in examples) == MAX_HISTORY_TURNS
+    last = max(examples, key=lambda e: e["source_row"])
+    assert last["history"][-1][0] == f"message number {n - 4} about my order"  # the most recent turns are kept
+    links = {str(i): {"reply_to": str(i - 1)} for i in range(1, 6)} | {"0": {"reply_to": "4"}}  # a cycle
+    roots = thread_roots(links)
+    assert set(roots) == set(links) and len(set(roots.values())) == 1

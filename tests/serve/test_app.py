@@ -212,6 +212,10 @@ def test_browser_session_through_all_three_tabs(served):
         page.screenshot(path=str(SCREENSHOTS / "compare.png"))
         page.get_by_role("tab", name="Model Performance").click()
         expect(page.locator("#performance")).to_contain_text("Quality: base vs fine-tuned")
+        expect(page.locator("#performance img").first).to_be_visible()
+        page.wait_for_function("[...document.querySelectorAll('#performance img')].every(i => i.complete)")
+        loaded = page.eval_on_selector_all("#performance img", "images => images.map(i => i.naturalWidth)")
+        assert loaded and all(loaded), f"a broken image in the Model Performance tab: {loaded}"  # the data card's
         page.screenshot(path=str(SCREENSHOTS / "performance.png"), full_page=True)
         browser.close()
 

@@ -168,6 +168,7 @@ def test_train_preconditions_fail_before_any_file_is_written(tiny_model_dir, tmp
 def test_training_records_the_reply_budget_and_that_completions_end_their_turn(tiny_run):
     manifest = read_json(RunDir(tiny_run).manifest_path)
     budget, turn_end = manifest["reply_tokens"], manifest["turn_end"]
+    assert manifest["model_origin"] == "folder"  # where the model name resolved from
     assert budget["max_new_tokens"] % 8 == 0 and budget["max_new_tokens"] >= budget["p99"]
     assert turn_end["examples_ending_with_it"] + turn_end["cut_at_max_length"] == manifest["train_examples"]
     assert turn_end["examples_ending_with_it"] > 0
@@ -231,3 +232,15 @@ def test_a_loss_that_becomes_non_finite_fails_the_run(tiny_model_dir, tmp_path):
     with pytest.raises(SupportBenchError, match="the training (loss|grad_norm|eval_loss) became (nan|inf)"):
         train(tiny_config(tiny_model_dir, learning_rate=1e30, max_steps=4), tmp_path / "run")
     assert not (tmp_path / "run" / "train.json").exists()
+
+
+def test_resume_skips_a_checkpoint_whose_optimizer_state_is_truncated(tiny_model_dir, tmp_path):
+    from supportbench.trainers.lora import last_complete_checkpoint
+
+    small_split(tmp_path, tmp_path / "run" / "data")
+    train(tiny_config(tiny_model_dir, max_steps=4, save_steps=2), tmp_path / "run")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert last_complete_checkpoint(checkpoints).endswith("checkpoint-4")
+    optimizer = checkpoints / "checkpoint-4" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])
+    assert last_complete_checkpoint(checkpoints).endswith("checkpoint-2")
