@@ -505,6 +505,14 @@ def _prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str
     }
     if manifest["counts"]["rows_in"] != manifest["counts"]["kept"] + manifest["counts"]["skipped"]:
         raise SupportBenchError("internal error: rows in != kept + skipped")
+    return _write_split(out, splits, manifest, force)
+
+
+def _write_split(
+    out: SplitDir, splits: dict[str, list[dict[str, Any]]], manifest: dict[str, Any], force: bool
+) -> dict[str, Any]:
+    """Write the splits, data card and manifest into out, refusing (without --force) to replace a different split or
+    to write beside other files; the files commit together, the manifest last."""
     ensure_writable_dir(out.path)  # the first write, after every check of the input
     contents = {name: jsonl_bytes(rows_) for name, rows_ in splits.items()}
     for name, data in contents.items():
