@@ -96,8 +96,9 @@ def pick(scored: list[dict[str, Any]]) -> tuple[Decoding, str]:
     if not winners:
         return Decoding(**greedy["decoding"]), "plain greedy: no candidate beat it with a paired 95% interval above 0"
     best = max(winners, key=lambda s: s["vs_greedy"]["mean"])
-    d = best["vs_greedy"]
-    shown = f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+    from supportbench.stats import signed_interval
+
+    shown = signed_interval(best["vs_greedy"])
     return Decoding(**best["decoding"]), f"beat plain greedy by {shown} ROUGE-L on the same validation examples"
 
 

@@ -176,6 +176,11 @@ def eval_statistics(
     }
 
 
+def interval_text(estimate: dict[str, float], digits: int = 4) -> str:
+    """An estimate with its interval: 0.2659 [0.2438, 0.2899]."""
+    return f"{estimate['mean']:.{digits}f} [{estimate['low']:.{digits}f}, {estimate['high']:.{digits}f}]"
+
+
 def signed_interval(estimate: dict[str, float]) -> str:
     """A difference with its interval: +0.1150 [+0.0863, +0.1461]."""
     return f"{estimate['mean']:+.4f} [{estimate['low']:+.4f}, {estimate['high']:+.4f}]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from supportbench.files import (
 )
 from supportbench.layout import BoardDir, RunDir
 from supportbench.metrics import METRICS
+from supportbench.stats import interval_text
 
 SAMPLES_SHOWN = 8
 KINDS = ("html", "md")
@@ -96,11 +98,6 @@ def pct(value: Any) -> str:
     return "—" if value is None else f"{value:+.1f}%"
 
 
-def interval(estimate: dict[str, float], digits: int = 4) -> str:
-    """An estimate with its interval: 0.2659 [0.2438, 0.2899]."""
-    return f"{estimate['mean']:.{digits}f} [{estimate['low']:.{digits}f}, {estimate['high']:.{digits}f}]"
-
-
 def share(value: float) -> str:
     """A share as a whole percentage."""
     return f"{100 * value:.0f}%"
@@ -109,6 +106,14 @@ def share(value: float) -> str:
 def mdcell(value: Any) -> str:
     """A value as one Markdown table cell: newlines folded, pipes escaped."""
     return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> list[str]:
+    """A Markdown table's lines: the header, the rule (columns from `numeric_from` on right-aligned), one line per row
+    (a `|` inside a cell becomes `/`)."""
+    rule = "|" + "".join("---|" if i < numeric_from else "---:|" for i in range(len(header)))
+    cells = [[str(cell).replace("|", "/") for cell in row] for row in rows]
+    return ["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(row) + " |" for row in cells)]
 
 
 def render(template: str, kind: str, **context: Any) -> str:
@@ -124,7 +129,7 @@ def render(template: str, kind: str, **context: Any) -> str:
     env.filters.update(
         fmt=fmt,
         pct=pct,
-        interval=interval,
+        interval=interval_text,
         share=share,
         mdcell=mdcell,
         signed=lambda v: f"{v:+.4f}",

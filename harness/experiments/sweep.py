@@ -20,6 +20,8 @@ from supportbench.files import SupportBenchError, atomic_write_bytes, atomic_wri
 from supportbench.layout import RunDir, SplitDir, SweepDir
 from supportbench.models import model_path
 from supportbench.reports.plots import pareto_png
+from supportbench.reports.render import markdown_table
+from supportbench.stats import interval_text
 
 LORA_TARGETS = {"all-linear": "all-linear", "attention-qv": ["q_proj", "v_proj"]}
 RANKS = (8, 16, 32)
@@ -154,7 +156,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
 
 def table_markdown(rows: list[dict[str, Any]], front: list[int]) -> str:
     """The trials as a Markdown table; Pareto-front trials are starred."""
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    table = []
     for r in rows:
         p, v = r["params"], r["validation"]
         scores = ["—"] * 5
@@ -163,7 +165,7 @@ def table_markdown(rows: list[dict[str, Any]], front: list[int]) -> str:
             scores = [
                 f"{r['train_minutes']:.1f}",
                 f"{r['tokens_per_s']}",
-                f"{ci['mean']:.4f} [{ci['low']:.4f}, {ci['high']:.4f}]",
+                interval_text(ci),
                 f"{v['bleu']:.4f}",
                 f"{v['at_cap']:.0%}",
             ]
@@ -177,9 +179,10 @@ def table_markdown(rows: list[dict[str, Any]], front: list[int]) -> str:
                 for k in ("lora_r", "lora_targets", "max_train_examples", "epochs", "max_length_percentile")
             ),
             *scores,
-            (r["error"] or "").replace("|", "/")[:120],
+            (r["error"] or "")[:120],
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    lines = markdown_table(TABLE_COLUMNS, table, numeric_from=len(TABLE_COLUMNS))  # every column left-aligned
     return "\n".join(lines) + "\n\n\\* on the Pareto front of validation ROUGE-L against training minutes.\n"
 
 
@@ -191,7 +194,7 @@ def best_preset_yaml(best: dict[str, Any], folder: SweepDir) -> str:
     v = best["validation"]["rougeL"]
     header = (
         f"# Sweep best (trial {best['trial']} of {folder.path}, {datetime.date.today().isoformat()}): validation ROUGE-L "
-        f"{v['mean']:.4f} [{v['low']:.4f}, {v['high']:.4f}] on {v['n']} examples, BLEU {best['validation']['bleu']:.4f},\n"
+        f"{interval_text(v)} on {v['n']} examples, BLEU {best['validation']['bleu']:.4f},\n"
         f"# {best['train_minutes']:.1f} minutes of training at {best['tokens_per_s']} tokens/s on the sweep's machine.\n"
     )
     keys = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "template"]

@@ -12,6 +12,7 @@ import numpy as np
 from supportbench.layout import SPLITS
 from supportbench.metrics import word_count
 from supportbench.reports.plots import figure_png
+from supportbench.reports.render import markdown_table
 
 BINS = 20
 
@@ -63,8 +64,8 @@ def statistics(kept: list[dict[str, Any]], examples: Any, scrub: Any, input_kind
     return stats
 
 
-def _table(header: tuple[str, str], rows: list[tuple[Any, Any]]) -> list[str]:
-    return [f"| {header[0]} | {header[1]} |", "| --- | ---: |", *(f"| {k} | {v} |" for k, v in rows), ""]
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
+    return [*markdown_table(header, rows), ""]
 
 
 def markdown(manifest: dict[str, Any], png_name: str) -> str:
@@ -104,17 +105,11 @@ def markdown(manifest: dict[str, Any], png_name: str) -> str:
     lines += ["## Duplicates", "", f"{removed} duplicate examples removed (same normalized query and reply).", ""]
     lengths = card["lengths"]
     lines += ["## Lengths (words)", ""]
-    lines += [
-        "| text | p50 | p90 | p99 | max |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        *(
-            f"| {name} | " + " | ".join(str(lengths[name][k]) for k in ("p50", "p90", "p99", "max")) + " |"
-            for name in ("query", "reply")
-        ),
-        "",
-        f"![query and reply lengths]({png_name})",
-        "",
-    ]
+    quantiles = ("p50", "p90", "p99", "max")
+    lines += _table(
+        ("text", *quantiles), [(name, *(lengths[name][k] for k in quantiles)) for name in ("query", "reply")]
+    )
+    lines += [f"![query and reply lengths]({png_name})", ""]
     lines += [
         "## Splits",
         "",
