@@ -120,6 +120,13 @@ class StatsRecord(Record):
         return self
 
 
+class ExportRecord(Record):
+    """export/export.json: which adapter was exported, and into which formats."""
+
+    adapter_sha256: str
+    formats: dict[str, dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class SplitDir:
     """A folder written by `supportbench prepare`: one JSONL file per split plus manifest.json."""
@@ -238,6 +245,10 @@ class RunDir:
     export_manifest = property(lambda self: self.path / "export" / "export.json", doc="What export wrote, and how.")
     merged = property(lambda self: self.path / "export" / "merged", doc="Adapter merged into the base: safetensors.")
     exported_eval = property(lambda self: EvalDir(self.path / "eval" / "exported"), doc="The exported model's scores.")
+
+    def export_record(self) -> ExportRecord:
+        """export.json, its shape checked."""
+        return ExportRecord.read(self.export_manifest)
 
     def exported(self, fmt: str, model: str = "finetuned") -> Path:
         """The folder of one exported runtime format, of the fine-tuned model or of its base."""

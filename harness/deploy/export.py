@@ -13,7 +13,6 @@ from supportbench.files import (
     SupportBenchError,
     ensure_writable_dir,
     folder_lock,
-    read_json,
     sha256_file,
     staged_dir,
     write_json,
@@ -43,9 +42,13 @@ def _export_run(run_dir: Path, to: str, force: bool) -> dict[str, Any]:
     trained = run.require_adapter()
     ensure_writable_dir(run.path)
     if run.export_manifest.is_file() and not force:
-        done = read_json(run.export_manifest)
-        if done["adapter_sha256"] == _adapter_sha(run) and to in done["formats"]:
-            return done
+        try:
+            done = run.export_record()
+        except SupportBenchError as err:  # a damaged record: export again over it
+            print(f"exporting again: {err}")
+        else:
+            if done.adapter_sha256 == _adapter_sha(run) and to in done.formats:
+                return done.model_dump()
     if to != "merged":
         runtime.require_ctranslate2()  # before minutes of merging
     timings: dict[str, float] = {}
@@ -91,12 +94,12 @@ def exported_format(run_dir: Path) -> str | None:
     run = RunDir(Path(run_dir))
     if not run.export_manifest.is_file():
         return None
-    manifest = read_json(run.export_manifest)
-    if manifest["adapter_sha256"] != _adapter_sha(run):
+    record = run.export_record()
+    if record.adapter_sha256 != _adapter_sha(run):
         raise SupportBenchError(
             f"{run.export_dir} was exported from another adapter than {run.adapter}; run `supportbench export --force`"
         )
-    return runtime.FORMAT if runtime.FORMAT in manifest["formats"] else None
+    return runtime.FORMAT if runtime.FORMAT in record.formats else None
 
 
 def summary_lines(manifest: dict[str, Any]) -> list[str]:

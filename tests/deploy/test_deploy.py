@@ -223,3 +223,13 @@ def test_export_removes_the_folders_a_killed_export_left(tiny_run, tmp_path):
     (stale / "model.safetensors").write_bytes(b"half")
     export_run(run.path, to="merged")
     assert not stale.exists() and (run.merged / "config.json").is_file()
+
+
+def test_an_export_record_of_the_wrong_shape_is_named_and_exported_over(tiny_run, tmp_path):
+    run = RunDir(trained_copy(tiny_run, tmp_path / "run"))
+    run.export_manifest.parent.mkdir(parents=True)
+    run.export_manifest.write_text("{}")
+    with pytest.raises(SupportBenchError, match="export.json is not a valid ExportRecord"):
+        exported_format(run.path)
+    manifest = export_run(run.path, to="merged")
+    assert "merged" in manifest["formats"] and read_json(run.export_manifest)["adapter_sha256"]
