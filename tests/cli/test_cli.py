@@ -78,24 +78,14 @@ def test_prepare_without_response_column_fails_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _prepare(data, out) -> int:
+    """`supportbench prepare` of a small file into out, with a 12-row test and a 4-row validation split."""
+    return main(["prepare", "--data", str(data), "--out", str(out), "--test-size", "12", "--validation-size", "4"])
+
+
 def test_prepare_prints_a_summary(tmp_path, capsys):
     path = write_csv(tmp_path / "d.csv", fixture_rows())
-    assert (
-        main(
-            [
-                "prepare",
-                "--data",
-                str(path),
-                "--out",
-                str(tmp_path / "out"),
-                "--test-size",
-                "12",
-                "--validation-size",
-                "4",
-            ]
-        )
-        == 0
-    )
+    assert _prepare(path, tmp_path / "out") == 0
     out = capsys.readouterr().out
     assert "120 in = 120 kept + 0 skipped" in out and "placeholders 360 found: 360 mapped" in out
 
@@ -172,21 +162,6 @@ def test_a_full_disk_is_a_clear_error_not_a_traceback(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(supportbench.prepare.card, "lengths_png", full)  # matplotlib writing its PNG
     path = write_csv(tmp_path / "d.csv", fixture_rows())
-    assert (
-        main(
-            [
-                "prepare",
-                "--data",
-                str(path),
-                "--out",
-                str(tmp_path / "out"),
-                "--test-size",
-                "12",
-                "--validation-size",
-                "4",
-            ]
-        )
-        == 2
-    )
+    assert _prepare(path, tmp_path / "out") == 2
     assert "no space left on the device writing" in capsys.readouterr().err
     assert not (tmp_path / "out" / "manifest.json").exists()
