@@ -269,6 +269,15 @@ def _checkpoint_intact(checkpoint: Path) -> bool:
     return True
 
 
+def _sort_target_modules(config: Path) -> None:
+    """PEFT writes target_modules in set order, which changes with each process's hash seed; sorted, the same
+    training writes the same adapter_config.json bytes."""
+    settings = json.loads(config.read_text(encoding="utf-8"))
+    if isinstance(settings.get("target_modules"), list):
+        settings["target_modules"] = sorted(settings["target_modules"])
+        config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def last_complete_checkpoint(folder: Path) -> str | None:
     """The newest intact checkpoint; a kill mid-save, or a damaged file, leaves a newer one that must be skipped."""
     numbered = [(int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
@@ -375,6 +384,7 @@ class LoRARecipe:
             with staged_dir(run.adapter) as tmp:
                 self.trainer.model.save_pretrained(tmp, state_dict=weights)
                 self.tokenizer.save_pretrained(tmp)
+                _sort_target_modules(tmp / "adapter_config.json")
             write_json(run.loss_history, history)
             atomic_write_bytes(run.loss_curve, loss_curve_png(history))
         evals = [h for h in history if "eval_loss" in h]

@@ -244,3 +244,10 @@ def test_resume_skips_a_checkpoint_whose_optimizer_state_is_truncated(tiny_model
     optimizer = checkpoints / "checkpoint-4" / "optimizer.pt"
     optimizer.write_bytes(optimizer.read_bytes()[: optimizer.stat().st_size // 2])
     assert last_complete_checkpoint(checkpoints).endswith("checkpoint-2")
+
+
+def test_the_adapter_config_lists_its_target_modules_in_a_fixed_order(tiny_model_dir, tmp_path):
+    small_split(tmp_path, tmp_path / "run" / "data")
+    train(tiny_config(tiny_model_dir, lora_targets="all-linear", max_steps=1, save_steps=1), tmp_path / "run")
+    targets = read_json(tmp_path / "run" / "adapter" / "adapter_config.json")["target_modules"]
+    assert len(targets) >= 5 and targets == sorted(targets)  # PEFT's set order would change with the hash seed
