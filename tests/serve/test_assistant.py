@@ -73,7 +73,7 @@ def test_an_api_request_without_max_tokens_gets_the_runs_reply_budget():
     class Recorder:
         decoding, caps = Decoding(40), []
 
-        def generate(self, history, query, finetuned, max_new_tokens):
+        def generate(self, history, query, finetuned, max_new_tokens, cancel=None):
             self.caps.append(max_new_tokens)
             yield Chunk("Sure.", "stop", 3, 2)
 
