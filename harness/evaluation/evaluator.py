@@ -387,7 +387,10 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
     """Score base and base+adapter on the run's held-out split and write eval/ into the run folder, holding the run's
     lock; None in every launched process but the main one."""
     with folder_lock(Path(run_dir), "eval"):
-        return _evaluate_run(run_dir, config)
+        summary = _evaluate_run(run_dir, config)
+    if world_size() > 1:  # no process exits while another still writes: a peer's early teardown can abort it
+        process_state().wait_for_everyone()
+    return summary
 
 
 def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
