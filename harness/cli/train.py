@@ -10,20 +10,18 @@ from supportbench.cli.options import (
     add_config_file_option,
     add_config_options,
     add_launch_options,
-    command_layers,
+    given_values,
 )
 from supportbench.config import DEFAULT_PRESET, TrainConfig, preset_names
 
 
 def run(args: argparse.Namespace) -> None:
     """Fine-tune a LoRA adapter into a run folder."""
-    from supportbench.config import layered, preset_values
+    from supportbench.config import load_train_config
     from supportbench.device import process_state
     from supportbench.trainers.lora import summary_lines, train
 
-    config = layered(
-        TrainConfig, (f"preset {args.preset}", preset_values(args.preset)), *command_layers(TrainConfig, args)
-    )
+    config = load_train_config(args.preset, args.config, **given_values(TrainConfig, args))
     manifest = train(config, Path(args.out), resume=args.resume, data=args.data, reuse=args.reuse)
     if process_state().is_main_process:
         print("\n".join(summary_lines(manifest, Path(args.out))))
