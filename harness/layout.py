@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from supportbench.config import EvalConfig, TrainConfig
 from supportbench.files import SupportBenchError, check_outputs, parse_jsonl, read_json
 
 SPLITS = ("train", "validation", "test")
@@ -58,16 +60,56 @@ class TrainRecord(Record):
     data: dict[str, str]
     reply_tokens: ReplyBudget | None = None
     wall_time_s: float
+    tokens_per_s: float
+    steps: int
+    train_examples: int
     parameters: ParameterCount
 
     @property
     def base_model(self) -> str:
         """The base model the adapter was trained on: registry alias, hub id or folder."""
-        return self.config["model"]
+        return self.train_config.model
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The config the run trained with (settings this version no longer has are left out)."""
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in self.config.items() if k in known})
 
     def split_sha256(self, name: str) -> str:
         """The sha256 of the split file the run trained (or validated) on."""
         return self.data[name]
+
+
+class ScoredCount(Record):
+    """How many examples one model generated for and scored perplexity on."""
+
+    generation: int
+    perplexity: int
+
+
+class StageSeconds(Record):
+    """Seconds one model spent loading, generating and scoring perplexity."""
+
+    generation: float
+    perplexity: float | None = None
+    load: float | None = None
+
+
+class EvalCaps(Record):
+    """The examples and new tokens an eval was capped at."""
+
+    generation_limit: int | None
+    perplexity_limit: int | None
+    max_new_tokens: int
+
+
+class LeakageCheck(Record):
+    """The hashes of the splits an eval trained and tested on, and the instructions they share."""
+
+    train_sha256: str
+    test_sha256: str
+    shared_instructions: int
 
 
 class EvalSummary(Record):
@@ -75,9 +117,17 @@ class EvalSummary(Record):
 
     template: str
     dataset: str
-    config: dict[str, Any]
+    config: EvalConfig
     metrics: dict[str, dict[str, float | None]]
-    leakage_check: dict[str, Any] = {}
+    n: dict[str, ScoredCount]
+    timing_s: dict[str, StageSeconds]
+    caps: EvalCaps
+    leakage_check: LeakageCheck
+
+    @property
+    def generation_seconds(self) -> float:
+        """Generation seconds over every model scored."""
+        return sum(times.generation for times in self.timing_s.values())
 
 
 class Interval(Record):
@@ -101,14 +151,31 @@ class MetricStats(Record):
     difference: Difference | None = None
 
 
+class Slice(Record):
+    """One intent's (or category's) examples and paired ROUGE-L difference, where it has two or more."""
+
+    n: int
+    judged: bool
+    difference: Difference | None = None
+
+
+class Planner(Record):
+    """The examples a ROUGE-L interval of a given half-width, or detecting a given difference, needs."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    examples_to_detect: dict[str, int | None]
+    examples_for_half_width: int | None = Field(alias="examples_for_half_width_0.03")
+
+
 class StatsRecord(Record):
     """eval/stats.json: intervals, paired differences, slices and the planner that a verdict rests on."""
 
     seed: int
     metrics: dict[str, MetricStats]
     win_rate_rougeL: Interval
-    planner_rougeL: dict[str, Any]
-    by_intent: list[dict[str, Any]]
+    planner_rougeL: Planner
+    by_intent: list[Slice]
     min_slice: int
     worst_intents: list[str]
 
@@ -118,6 +185,22 @@ class StatsRecord(Record):
         if rouge_l is None or rouge_l.difference is None or rouge_l.difference.p_value is None:
             raise ValueError("metrics.rougeL needs a paired difference with its p-value")
         return self
+
+
+class VariantLatency(Record):
+    """One variant's row of the latency benchmark."""
+
+    ttft_p50_s: float
+    e2e_p50_s: float
+    tokens_per_s_batch1: float
+    peak_rss_mib: float
+
+
+class BenchSummary(Record):
+    """bench/summary.json: one latency row per variant, and whether the quick suite measured it."""
+
+    variants: dict[str, VariantLatency]
+    quick: bool
 
 
 class ExportRecord(Record):
@@ -162,6 +245,10 @@ class SplitDir:
             )
         return read_json(self.manifest_path)
 
+    def split_sha256(self, name: str) -> str:
+        """The sha256 the manifest records for one split's file."""
+        return self.manifest()["splits"][name]["sha256"]
+
     def rows(self, name: str) -> list[dict[str, Any]]:
         """Read one prepared split, refusing bytes other than the ones its manifest records (hashed as read)."""
         path = self.split_path(name)
@@ -170,7 +257,7 @@ class SplitDir:
                 f"no prepared {name} split at {path}; run `supportbench prepare --out {self.path}` first"
             )
         data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != self.manifest()["splits"][name]["sha256"]:
+        if hashlib.sha256(data).hexdigest() != self.split_sha256(name):
             raise SupportBenchError(
                 f"{path} is not the {name} split its manifest describes (sha256 differs: edited, truncated, or written "
                 f"by a prepare that did not finish); run `supportbench prepare --out {self.path}` again"
@@ -190,18 +277,28 @@ class EvalDir:
     stats = property(lambda self: self.path / "stats.json", doc="Intervals, paired differences, slices, planner.")
     forest = property(lambda self: self.path / "forest.png", doc="The paired ROUGE-L difference per intent.")
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> EvalSummary:
         """metrics.json, checked: its shape, and that every file this eval wrote is the one it recorded."""
         data = read_json(self.metrics)
-        EvalSummary.check(self.metrics, data)
+        record = EvalSummary.check(self.metrics, data)
         check_outputs(self.metrics, data)
-        return data
+        return record
 
-    def statistics(self) -> dict[str, Any]:
+    def settings(self) -> EvalConfig:
+        """The settings metrics.json was scored with (its files not checked: enough to decide whether to score again)."""
+        return EvalSummary.read(self.metrics).config
+
+    def statistics(self) -> StatsRecord:
         """stats.json, its shape checked."""
-        data = read_json(self.stats)
-        StatsRecord.check(self.stats, data)
-        return data
+        return StatsRecord.read(self.stats)
+
+    def finetuned_scores(self, metric: str) -> dict[str, float]:
+        """The fine-tuned model's per-example score on one ROUGE metric, by example id, from samples.jsonl."""
+        rows = parse_jsonl(self.samples.read_bytes(), self.samples)
+        try:
+            return {row["id"]: row[f"finetuned_{metric}"] for row in rows}
+        except KeyError as err:
+            raise SupportBenchError(f"{self.samples} has a row without {err}") from None
 
 
 def safe_name(name: str) -> str:
@@ -245,6 +342,10 @@ class RunDir:
     export_manifest = property(lambda self: self.path / "export" / "export.json", doc="What export wrote, and how.")
     merged = property(lambda self: self.path / "export" / "merged", doc="Adapter merged into the base: safetensors.")
     exported_eval = property(lambda self: EvalDir(self.path / "eval" / "exported"), doc="The exported model's scores.")
+
+    def bench_record(self) -> BenchSummary:
+        """bench/summary.json, its shape checked."""
+        return BenchSummary.read(self.bench_summary)
 
     def export_record(self) -> ExportRecord:
         """export.json, its shape checked."""

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
 
 from supportbench.metrics import ROUGE_TYPES, bleu_from_statistics, bleu_statistics
+
+if TYPE_CHECKING:
+    from supportbench.layout import StatsRecord
 
 CONFIDENCE = 0.95
 RESAMPLES = 9999
@@ -186,15 +189,18 @@ def signed_interval(estimate: dict[str, float]) -> str:
     return f"{estimate['mean']:+.4f} [{estimate['low']:+.4f}, {estimate['high']:+.4f}]"
 
 
-def evidence_lines(stats: dict[str, Any]) -> list[str]:
+def evidence_lines(stats: StatsRecord) -> list[str]:
     """What a verdict rests on: the ROUGE-L difference, the win rate, the slices that can be judged, the planner."""
-    d, wins, planner = stats["metrics"]["rougeL"]["difference"], stats["win_rate_rougeL"], stats["planner_rougeL"]
-    judged = [r for r in stats["by_intent"] if r["judged"]]
+    d, wins, planner = stats.metrics["rougeL"].difference, stats.win_rate_rougeL, stats.planner_rougeL
+    assert d is not None  # StatsRecord requires the paired ROUGE-L difference
+    judged = [r for r in stats.by_intent if r.judged]
+    worst = stats.worst_intents
     return [
-        f"ROUGE-L fine-tuned minus base {signed_interval(d)}, paired permutation p = {d['p_value']:.4f}, n = {d['n']}",
-        f"fine-tuned wins on ROUGE-L in {wins['mean']:.0%} of examples ({wins['low']:.0%} to {wins['high']:.0%})",
-        f"{len(judged)} of {len(stats['by_intent'])} intents have the {stats['min_slice']}+ examples to be judged"
-        + (f"; smallest difference: {', '.join(stats['worst_intents'])}" if stats["worst_intents"] else ""),
-        f"planner: a ±0.03 ROUGE-L interval needs {planner['examples_for_half_width_0.03']} examples, detecting a "
-        f"0.02 difference {planner['examples_to_detect']['0.02']}",
+        f"ROUGE-L fine-tuned minus base {signed_interval(d.model_dump())}, paired permutation p = {d.p_value:.4f}, "
+        f"n = {d.n}",
+        f"fine-tuned wins on ROUGE-L in {wins.mean:.0%} of examples ({wins.low:.0%} to {wins.high:.0%})",
+        f"{len(judged)} of {len(stats.by_intent)} intents have the {stats.min_slice}+ examples to be judged"
+        + (f"; smallest difference: {', '.join(worst)}" if worst else ""),
+        f"planner: a ±0.03 ROUGE-L interval needs {planner.examples_for_half_width} examples, detecting a "
+        f"0.02 difference {planner.examples_to_detect['0.02']}",
     ]

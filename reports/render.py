@@ -41,9 +41,9 @@ def _demoted(markdown: str) -> str:
     return re.sub(r"^(#+) ", r"##\1 ", re.sub(r"^!\[.*\n\n?", "", markdown, flags=re.M), flags=re.M)
 
 
-def notebook_reference() -> dict[str, Any]:
-    """The original notebook's published figures, labelled with their source."""
-    return read_bundled_yaml("supportbench.reports", "notebook_reference.yaml")
+def published_reference() -> dict[str, Any]:
+    """The reference recipe's published figures, labelled with their source."""
+    return read_bundled_yaml("supportbench.reports", "reference_recipe.yaml")
 
 
 def collect_run(run_dir: Path) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
         else None,
         "data_card_png": _optional_png(run.data.data_card_png),
         "data_card_file": str(run.data.data_card_png.relative_to(run.path)),
-        "eval": run.eval.summary() if run.eval.metrics.is_file() else None,
+        "eval": run.eval.summary().model_dump() if run.eval.metrics.is_file() else None,
         "per_category": _optional_json(run.eval.per_category),
         "samples": read_jsonl(run.eval.samples, limit=SAMPLES_SHOWN) if run.eval.samples.is_file() else None,
         "stats": _optional_json(run.eval.stats),
@@ -135,7 +135,7 @@ def render(template: str, kind: str, **context: Any) -> str:
         signed=lambda v: f"{v:+.4f}",
         tojson_compact=lambda v: json.dumps(v, sort_keys=True),
     )
-    env.globals.update(metrics=METRICS, reference=notebook_reference())
+    env.globals.update(metrics=METRICS, reference=published_reference())
     return env.get_template(template).render(kind=kind, **context)
 
 
@@ -178,7 +178,7 @@ def write_run_report(run_dir: Path) -> list[Path]:
 
 
 def comparison_rows(runs: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
-    """The notebook's "Experiment 1 vs Experiment 2" rows, one column per run, formatted."""
+    """The reference recipe's "Experiment 1 vs Experiment 2" rows, one column per run, formatted."""
 
     def config(key: str) -> list[str]:
         return [str(r["train"]["config"][key]) for r in runs]
@@ -233,7 +233,7 @@ def write_table(
 
 
 def write_comparison(run_dirs: list[Path], out_dir: Path) -> list[Path]:
-    """Render the notebook-style experiment comparison (comparison.html/.md) for several runs."""
+    """Render the reference recipe's experiment comparison (comparison.html/.md) for several runs."""
     runs = [collect_run(r) for r in run_dirs]
     unfinished = [r["path"] for r in runs if r["train"] is None]
     if unfinished:

@@ -394,13 +394,12 @@ class LoRARecipe:
             h["train_loss"] for h in history if "train_loss" in h
         ]
         tokens = int(state.num_input_tokens_seen)
-        split = run.data.manifest()["splits"]
         manifest = {
             "config": dataclasses.asdict(self.config),
             "template": self.template,
             "model_origin": model_origin(self.config.model),
             "resumed_from": self.last_checkpoint,
-            "data": {"dir": run.data.path.name, **{name: split[name]["sha256"] for name in SPLITS}},
+            "data": {"dir": run.data.path.name, **{name: run.data.split_sha256(name) for name in SPLITS}},
             "train_examples": len(self.train_rows),
             "eval_examples": len(self.eval_rows),
             "token_lengths": self.length_stats,

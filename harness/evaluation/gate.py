@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
-import math
 import os
+import typing
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from supportbench.files import (
     SupportBenchError,
     atomic_write_text,
     read_bundled_yaml,
-    read_json,
-    read_jsonl,
     read_user_yaml,
     write_json,
 )
-from supportbench.layout import EvalDir, RunDir
+from supportbench.layout import EvalDir, EvalSummary, RunDir, StatsRecord
 from supportbench.metrics import METRICS, ROUGE_TYPES
 from supportbench.stats import evidence_lines, paired_difference, signed_interval
 
-RULE_KEYS = {
-    "beats_base": {"metric", "min_lower_bound"},
-    "non_inferior_to_baseline": {"metric", "margin"},
-    "max_runon_share": None,
-    "max_placeholder_leak_share": None,
-    "max_at_cap_share": None,
-    "max_reply_p50_s": None,
-}
 SHARE_RULES = {
     "max_runon_share": "runon",
     "max_placeholder_leak_share": "placeholder_leak",
@@ -36,7 +29,72 @@ SHARE_RULES = {
 COMPARABLE_SETTINGS = ("limit", "ppl_limit", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "seed")
 
 
-def load_rules(path: str | None) -> dict[str, Any]:
+Share = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _MetricRule(_Rule):
+    allowed: ClassVar[Collection[str]]
+    metric: str
+
+    @field_validator("metric")
+    @classmethod
+    def _allowed(cls, metric: str) -> str:
+        if metric not in cls.allowed:
+            raise ValueError(f"cannot use metric {metric!r}")
+        return metric
+
+
+class BeatsBase(_MetricRule):
+    """The fine-tuned model's paired gain over its base must have a lower bound above min_lower_bound."""
+
+    allowed = tuple(METRICS)
+    min_lower_bound: Share
+
+
+class NonInferiorToBaseline(_MetricRule):
+    """The fine-tuned model minus an approved baseline's (per example: a ROUGE type) must have a lower bound above
+    -margin."""
+
+    allowed = ROUGE_TYPES
+    margin: Share
+
+
+class GateRules(_Rule):
+    """The release gate's rules; every rule present must hold."""
+
+    beats_base: BeatsBase | None = None
+    non_inferior_to_baseline: NonInferiorToBaseline | None = None
+    max_runon_share: Share | None = None
+    max_placeholder_leak_share: Share | None = None
+    max_at_cap_share: Share | None = None
+    max_reply_p50_s: Share | None = None
+
+
+def _rule_error(err: ValidationError, origin: str) -> SupportBenchError:
+    """The first problem of a rules file, in the words a user acts on."""
+    first = err.errors()[0]
+    name = str(first["loc"][0])
+    if first["type"] == "extra_forbidden" and len(first["loc"]) == 1:
+        return SupportBenchError(
+            f"{origin}: unknown gate rule {name!r}; known rules: {sorted(GateRules.model_fields)}"
+        )
+    rule = GateRules.model_fields[name].annotation
+    keys = next(
+        (sorted(t.model_fields) for t in typing.get_args(rule) if isinstance(t, type) and issubclass(t, _MetricRule)),
+        None,
+    )
+    if first["type"] in ("extra_forbidden", "missing", "model_type") and keys:
+        return SupportBenchError(f"{origin}: rule {name} needs exactly the keys {keys}")
+    if first["type"] == "value_error":
+        return SupportBenchError(f"{origin}: rule {name} {first['ctx']['error']}")
+    return SupportBenchError(f"{origin}: rule {name} needs numbers, finite ones, got {first['input']!r}")
+
+
+def load_rules(path: str | None) -> GateRules:
     """The bundled default rules, or a user's YAML file; unknown rules and malformed values are named."""
     origin = path or "the default gate rules"
     rules = (
@@ -46,27 +104,23 @@ def load_rules(path: str | None) -> dict[str, Any]:
     ) or {}
     if not isinstance(rules, dict) or not rules:
         raise SupportBenchError(f"{origin}: gate rules must be a non-empty YAML mapping")
-    for name, value in rules.items():
-        if name not in RULE_KEYS:
-            raise SupportBenchError(f"{origin}: unknown gate rule {name!r}; known rules: {sorted(RULE_KEYS)}")
-        keys, numbers = RULE_KEYS[name], [value]
-        if keys:
-            if not isinstance(value, dict) or set(value) != keys:
-                raise SupportBenchError(f"{origin}: rule {name} needs exactly the keys {sorted(keys)}")
-            if value["metric"] not in (ROUGE_TYPES if name == "non_inferior_to_baseline" else METRICS):
-                raise SupportBenchError(f"{origin}: rule {name} cannot use metric {value['metric']!r}")
-            numbers = [v for k, v in value.items() if k != "metric"]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
-            raise SupportBenchError(f"{origin}: rule {name} needs numbers, finite ones, got {value!r}")
-    return rules
+    empty = sorted(name for name, value in rules.items() if value is None)
+    if empty:  # a rule written without a value would otherwise be dropped, silently
+        raise SupportBenchError(f"{origin}: rule {empty[0]} has no value; give it one, or delete the line")
+    try:
+        return GateRules.model_validate(rules)
+    except ValidationError as err:
+        raise _rule_error(err, origin) from None
 
 
-def _improvement(stats: dict[str, Any], metric: str) -> dict[str, float]:
+def _improvement(stats: StatsRecord, metric: str) -> dict[str, float]:
     """The fine-tuned minus base difference turned so that positive is better (perplexity: base minus fine-tuned)."""
-    d = stats["metrics"][metric]["difference"]
+    d = stats.metrics[metric].difference
+    if d is None:
+        raise SupportBenchError(f"the eval's statistics hold no paired difference for {metric}")
     if METRICS[metric].higher_is_better:
-        return d
-    return {**d, "mean": -d["mean"], "low": -d["high"], "high": -d["low"]}
+        return {"mean": d.mean, "low": d.low, "high": d.high}
+    return {"mean": -d.mean, "low": -d.high, "high": -d.low}
 
 
 def _baseline(path: str) -> EvalDir:
@@ -78,17 +132,14 @@ def _baseline(path: str) -> EvalDir:
     return folder
 
 
-def _check_comparable(mine: dict[str, Any], theirs: dict[str, Any], path: str) -> None:
+def _check_comparable(mine: EvalSummary, theirs: EvalSummary, path: str) -> None:
     reasons = []
-    if (
-        mine["dataset"] != theirs["dataset"]
-        or mine["leakage_check"]["test_sha256"] != theirs["leakage_check"]["test_sha256"]
-    ):
+    if mine.dataset != theirs.dataset or mine.leakage_check.test_sha256 != theirs.leakage_check.test_sha256:
         reasons.append("it was scored on a different test split")
     for key in COMPARABLE_SETTINGS:
-        if mine["config"].get(key) != theirs["config"].get(key):
+        if getattr(mine.config, key) != getattr(theirs.config, key):
             reasons.append(
-                f"its eval setting {key} is {theirs['config'].get(key)!r}, this run's is {mine['config'].get(key)!r}"
+                f"its eval setting {key} is {getattr(theirs.config, key)!r}, this run's is {getattr(mine.config, key)!r}"
             )
     if reasons:
         raise SupportBenchError(f"cannot compare with baseline {path}: " + "; ".join(reasons))
@@ -103,53 +154,49 @@ def apply_rules(run_dir: Path, baseline: str | None = None, rules_file: str | No
             f"{run.path} has no eval with statistics yet; run `supportbench eval --run {run.path}` first"
         )
     metrics, stats = run.eval.summary(), run.eval.statistics()
-    if metrics["template"] != trained.template:
-        raise SupportBenchError(
-            f"the eval used the {metrics['template']} template, training the {trained.template} one"
-        )
-    tuned = metrics["metrics"]["finetuned"]
+    if metrics.template != trained.template:
+        raise SupportBenchError(f"the eval used the {metrics.template} template, training the {trained.template} one")
+    tuned = metrics.metrics["finetuned"]
     checks = []
 
     def check(rule: str, value: str, needs: str, passed: bool | None) -> None:
         checks.append({"rule": rule, "value": value, "needs": needs, "passed": passed})
 
-    if "beats_base" in rules:
-        rule = rules["beats_base"]
-        d = _improvement(stats, rule["metric"])
+    if rules.beats_base:
+        gain = rules.beats_base
+        d = _improvement(stats, gain.metric)
         check(
             "beats_base",
-            f"{METRICS[rule['metric']].label} gain over base {signed_interval(d)}",
-            f"lower bound > {rule['min_lower_bound']}",
-            d["low"] > rule["min_lower_bound"],
+            f"{METRICS[gain.metric].label} gain over base {signed_interval(d)}",
+            f"lower bound > {gain.min_lower_bound}",
+            d["low"] > gain.min_lower_bound,
         )
-    if "non_inferior_to_baseline" in rules:
-        rule = rules["non_inferior_to_baseline"]
+    if rules.non_inferior_to_baseline:
+        rule = rules.non_inferior_to_baseline
         if baseline is None:
-            check("non_inferior_to_baseline", "no --baseline given", f"lower bound > -{rule['margin']}", None)
+            check("non_inferior_to_baseline", "no --baseline given", f"lower bound > -{rule.margin}", None)
         else:
             theirs = _baseline(baseline)
-            _check_comparable(metrics, read_json(theirs.metrics), baseline)
-            key = f"finetuned_{rule['metric']}"
-            by_id = {s["id"]: s[key] for s in read_jsonl(theirs.samples)}
-            mine = read_jsonl(run.eval.samples)
-            if set(by_id) != {s["id"] for s in mine}:
+            _check_comparable(metrics, theirs.summary(), baseline)
+            their_scores, my_scores = theirs.finetuned_scores(rule.metric), run.eval.finetuned_scores(rule.metric)
+            if set(their_scores) != set(my_scores):
                 raise SupportBenchError(f"cannot compare with baseline {baseline}: it generated for other examples")
-            d = paired_difference([by_id[s["id"]] for s in mine], [s[key] for s in mine], stats["seed"])
+            ids = list(my_scores)
+            d = paired_difference([their_scores[i] for i in ids], [my_scores[i] for i in ids], stats.seed)
             check(
                 "non_inferior_to_baseline",
-                f"{METRICS[rule['metric']].label} minus the baseline's {signed_interval(d)}",
-                f"lower bound > -{rule['margin']}",
-                d["low"] > -rule["margin"],
+                f"{METRICS[rule.metric].label} minus the baseline's {signed_interval(d)}",
+                f"lower bound > -{rule.margin}",
+                d["low"] > -rule.margin,
             )
-    for rule, metric in SHARE_RULES.items():
-        if rule in rules:
+    for name, metric in SHARE_RULES.items():
+        if (most := getattr(rules, name)) is not None:
             share = tuned.get(metric)
             shown = "not measured (an eval older than the metric)" if share is None else f"{share:.4f}"
-            check(rule, shown, f"<= {rules[rule]}", share is not None and share <= rules[rule])
-    if "max_reply_p50_s" in rules:
-        limit = rules["max_reply_p50_s"]
+            check(name, shown, f"<= {most}", share is not None and share <= most)
+    if (limit := rules.max_reply_p50_s) is not None:
         if run.bench_summary.is_file():
-            p50 = read_json(run.bench_summary)["variants"]["merged"]["e2e_p50_s"]
+            p50 = run.bench_record().variants["merged"].e2e_p50_s
             check("max_reply_p50_s", f"{p50:.2f} s (merged model)", f"<= {limit} s", p50 <= limit)
         else:
             check("max_reply_p50_s", "no benchmark (run `supportbench bench`)", f"<= {limit} s", False)
@@ -157,7 +204,7 @@ def apply_rules(run_dir: Path, baseline: str | None = None, rules_file: str | No
     return {
         "run": str(run.path),
         "baseline": baseline,
-        "rules": rules,
+        "rules": rules.model_dump(exclude_none=True),
         "checks": checks,
         "failed": failed,
         "passed": not failed,

@@ -21,11 +21,11 @@ def _wanted_eval(config: RankConfig) -> EvalConfig:
     return EvalConfig(limit=config.limit, ppl_limit=config.ppl_limit)
 
 
-def scored_as_wanted(stored: dict[str, Any], config: RankConfig) -> bool:
+def scored_as_wanted(stored: EvalConfig, config: RankConfig) -> bool:
     """Whether an eval's settings are the leaderboard's; the decoding each run froze for itself counts as wanted."""
     wanted = asdict(_wanted_eval(config))
     left_to_run = Decoding.__dataclass_fields__.keys() - given_settings(wanted).keys()
-    return all(stored.get(k) == v for k, v in wanted.items() if k not in left_to_run)
+    return all(getattr(stored, k) == v for k, v in wanted.items() if k not in left_to_run)
 
 
 def rank_one(model: str, board: BoardDir, config: RankConfig) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def rank_one(model: str, board: BoardDir, config: RankConfig) -> dict[str, Any]:
         data=config.data,
         reuse=True,
     )
-    if not run.eval.metrics.is_file() or not scored_as_wanted(read_json(run.eval.metrics)["config"], config):
+    if not run.eval.metrics.is_file() or not scored_as_wanted(run.eval.settings(), config):
         evaluate_run(run.path, _wanted_eval(config))
     if not run.bench_summary.is_file():
         run_suite(run.path, quick=True)
@@ -47,25 +47,25 @@ def rank_one(model: str, board: BoardDir, config: RankConfig) -> dict[str, Any]:
 def board_row(model: str, board: BoardDir, config: RankConfig) -> dict[str, Any]:
     """One model's leaderboard row, read from its finished run folder."""
     run = board.run(model)
-    evaluation, bench, trained = run.eval.summary(), read_json(run.bench_summary), run.trained()
-    if not scored_as_wanted(evaluation["config"], config):
+    evaluation, bench, trained = run.eval.summary(), run.bench_record(), run.trained()
+    if not scored_as_wanted(evaluation.config, config):
         raise SupportBenchError(f"{run.eval.metrics} was scored with other settings than this leaderboard's")
-    merged = bench["variants"]["merged"]
+    merged = bench.variants["merged"]
     return {
         "model": model,
         "run": str(run.path),
         "status": "ok",
-        "base": evaluation["metrics"]["base"],
-        "finetuned": evaluation["metrics"]["finetuned"],
-        "n_generation": evaluation["n"]["finetuned"]["generation"],
-        "n_perplexity": evaluation["n"]["finetuned"]["perplexity"],
-        "bench_mode": "quick" if bench["quick"] else "full",  # a full summary from an earlier bench is kept, and said
+        "base": evaluation.metrics["base"],
+        "finetuned": evaluation.metrics["finetuned"],
+        "n_generation": evaluation.n["finetuned"].generation,
+        "n_perplexity": evaluation.n["finetuned"].perplexity,
+        "bench_mode": "quick" if bench.quick else "full",  # a full summary from an earlier bench is kept, and said
         "train_wall_time_s": trained.wall_time_s,
         "trainable_parameters": trained.parameters.trainable,
-        "ttft_p50_s": merged["ttft_p50_s"],
-        "e2e_p50_s": merged["e2e_p50_s"],
-        "tokens_per_s_batch1": merged["tokens_per_s_batch1"],
-        "peak_rss_mib": merged["peak_rss_mib"],
+        "ttft_p50_s": merged.ttft_p50_s,
+        "e2e_p50_s": merged.e2e_p50_s,
+        "tokens_per_s_batch1": merged.tokens_per_s_batch1,
+        "peak_rss_mib": merged.peak_rss_mib,
     }
 
 

@@ -119,9 +119,16 @@ def objective(trial: Any, config: SweepConfig, folder: SweepDir, deadline: float
         recipe.fit()
         if stop.hit:
             raise TrialTimedOut(f"still training at the budget's end, after {recipe.trainer.state.global_step} steps")
-        manifest = recipe.save()
+        recipe.save()
+        record = run.trained()
         trial.set_user_attr(
-            "train", {k: manifest[k] for k in ("wall_time_s", "tokens_per_s", "steps", "train_examples")}
+            "train",
+            {
+                "wall_time_s": record.wall_time_s,
+                "tokens_per_s": record.tokens_per_s,
+                "steps": record.steps,
+                "train_examples": record.train_examples,
+            },
         )
         scores = validation_rouge(run, config.validation_limit, config.seed)
         trial.set_user_attr("validation", scores)
@@ -130,7 +137,7 @@ def objective(trial: Any, config: SweepConfig, folder: SweepDir, deadline: float
         trial.set_user_attr("error", f"{type(err).__name__}: {err}")
         raise
     trial.set_user_attr("state", "complete")
-    return scores["rougeL"]["mean"], manifest["wall_time_s"] / 60
+    return scores["rougeL"]["mean"], record.wall_time_s / 60
 
 
 def trial_rows(study: Any) -> list[dict[str, Any]]:
@@ -190,7 +197,7 @@ def best_preset_yaml(best: dict[str, Any], folder: SweepDir) -> str:
     """The best trial's configuration as a preset file, its measured scores and origin in the comment."""
     import yaml
 
-    trained = RunDir(Path(best["run"])).trained().config
+    trained = RunDir(Path(best["run"])).trained().train_config
     v = best["validation"]["rougeL"]
     header = (
         f"# Sweep best (trial {best['trial']} of {folder.path}, {datetime.date.today().isoformat()}): validation ROUGE-L "
@@ -198,7 +205,7 @@ def best_preset_yaml(best: dict[str, Any], folder: SweepDir) -> str:
         f"# {best['train_minutes']:.1f} minutes of training at {best['tokens_per_s']} tokens/s on the sweep's machine.\n"
     )
     keys = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "template"]
-    return header + yaml.safe_dump({k: trained[k] for k in keys}, sort_keys=False)
+    return header + yaml.safe_dump({k: getattr(trained, k) for k in keys}, sort_keys=False)
 
 
 def sweep(config: SweepConfig, out: Path) -> dict[str, Any]:

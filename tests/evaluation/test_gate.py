@@ -25,7 +25,8 @@ def evaluated_run(
     """A run folder holding only what the gate reads: a training manifest and an eval with statistics."""
     run = RunDir(folder)
     record = {"template": "seed", "config": {"model": "tiny"}, "data": {"dir": "data", "train": "b" * 64}}
-    write_json(run.manifest_path, {**record, "wall_time_s": 1.0, "parameters": {"trainable": 1, "total": 2}})
+    measured = {"wall_time_s": 1.0, "tokens_per_s": 10.0, "steps": 1, "train_examples": 8}
+    write_json(run.manifest_path, {**record, **measured, "parameters": {"trainable": 1, "total": 2}})
     samples = [
         {
             "id": f"row-{i}",
@@ -47,8 +48,11 @@ def evaluated_run(
         {
             "template": "seed",
             "dataset": "heldout-test",
-            "leakage_check": {"test_sha256": test_sha},
+            "leakage_check": {"train_sha256": "b" * 64, "test_sha256": test_sha, "shared_instructions": 0},
             "config": {"limit": limit, "ppl_limit": None, "max_new_tokens": 100, "seed": 1234},
+            "n": {side: {"generation": len(samples), "perplexity": len(samples)} for side in ("base", "finetuned")},
+            "timing_s": {side: {"generation": 1.0, "perplexity": 1.0} for side in ("base", "finetuned")},
+            "caps": {"generation_limit": limit, "perplexity_limit": None, "max_new_tokens": 100},
             "metrics": {"finetuned": {"runon": 0.0, "placeholder_leak": 0.0, "at_cap": at_cap}},
         },
     )
