@@ -29,7 +29,7 @@ class Decoding:
 
     @property
     def is_plain_greedy(self) -> bool:
-        """True for the notebook's decoding: greedy with no repetition controls."""
+        """True for plain greedy decoding: no repetition controls."""
         return self.repetition_penalty == 1.0 and self.no_repeat_ngram_size == 0
 
     def controls(self) -> dict[str, Any]:

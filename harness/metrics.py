@@ -32,7 +32,7 @@ METRICS = {
     "response_words": Metric("mean reply words", True, GEN_TASK),
     "at_cap": Metric("share of replies at the token cap", False, GEN_TASK),
     "perplexity": Metric("perplexity (reply tokens)", False, PPL_TASK),
-    "perplexity_fulltext": Metric("perplexity (full text, notebook's)", False, PPL_TASK),
+    "perplexity_fulltext": Metric("perplexity (full text, prompt included)", False, PPL_TASK),
 }
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 

@@ -93,7 +93,7 @@ class Template:
 
 
 class SeedTemplate(Template):
-    """The original notebook's format: `### Customer: …` then `### Support Agent: …`."""
+    """The reference recipe's format: `### Customer: …` then `### Support Agent: …`."""
 
     name = "seed"
     reply_prefix = " "

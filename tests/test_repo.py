@@ -43,7 +43,7 @@ def test_wheel_installs_one_namespace_with_its_data_files(tmp_path):
         "supportbench/prepare/pii_rules.yaml",
         "supportbench/evaluation/gate_rules.yaml",
         "supportbench/reports/templates/report.j2",
-        "supportbench/reports/notebook_reference.yaml",
+        "supportbench/reports/reference_recipe.yaml",
     ):
         assert needed in names, needed
     target = tmp_path / "site"

@@ -1,8 +1,8 @@
-"""Training-throughput benchmark (`supportbench bench --train-throughput`): the notebook's SFT recipe against
+"""Training-throughput benchmark (`supportbench bench --train-throughput`): the reference recipe's SFT against
 ours, one change at a time. Each arm trains one warm-up optimizer step (not timed), then `steps` timed steps
 on the same examples; the result holds non-padding tokens/s and examples/s per arm, each arm's gain over the
 one before, its share of this CPU's matmul limit (measured in the same run), and the overall ratio of ours (the
-last arm) to the notebook's.
+last arm) to the reference recipe's.
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ from supportbench.trainers.lora import (
     token_lengths,
 )
 
-NOTEBOOK_BATCH, NOTEBOOK_ACCUMULATION, TRL_DEFAULT_MAX_LENGTH = 2, 8, 1024
-EFFECTIVE_BATCH = NOTEBOOK_BATCH * NOTEBOOK_ACCUMULATION  # every arm steps the optimizer on 16 examples
+REFERENCE_BATCH, REFERENCE_ACCUMULATION, TRL_DEFAULT_MAX_LENGTH = 2, 8, 1024
+EFFECTIVE_BATCH = REFERENCE_BATCH * REFERENCE_ACCUMULATION  # every arm steps the optimizer on 16 examples
 
 
 def arms(max_length: int, batch_size: int) -> list[tuple[str, str, SpeedKnobs, int]]:
     """(name, change, knobs, per-device batch) for each arm, each adding one change to the one before."""
-    notebook = SpeedKnobs(
+    reference = SpeedKnobs(
         completion_only=False, gradient_checkpointing=True, group_by_length=False, max_length=TRL_DEFAULT_MAX_LENGTH
     )
-    no_ckpt = dataclasses.replace(notebook, gradient_checkpointing=False)
+    no_ckpt = dataclasses.replace(reference, gradient_checkpointing=False)
     grouped = dataclasses.replace(no_ckpt, group_by_length=True)
     ours = SpeedKnobs(
         completion_only=True,
@@ -49,13 +49,13 @@ def arms(max_length: int, batch_size: int) -> list[tuple[str, str, SpeedKnobs, i
     )
     return [
         (
-            "notebook",
+            "reference_recipe",
             "SFTTrainer on full text, fp32, batch 2 x accumulation 8, TRL defaults (gradient checkpointing on)",
-            notebook,
-            NOTEBOOK_BATCH,
+            reference,
+            REFERENCE_BATCH,
         ),
-        ("no_checkpointing", "gradient checkpointing off (CPU has memory to spare)", no_ckpt, NOTEBOOK_BATCH),
-        ("length_grouped", "length-grouped batches", grouped, NOTEBOOK_BATCH),
+        ("no_checkpointing", "gradient checkpointing off (CPU has memory to spare)", no_ckpt, REFERENCE_BATCH),
+        ("length_grouped", "length-grouped batches", grouped, REFERENCE_BATCH),
         (
             "prompt_completion",
             f"batch {batch_size}, prompt-completion loss, max_length {max_length} from the length distribution",
@@ -183,8 +183,8 @@ def run_benchmark(run: RunDir, config: TrainConfig, steps: int) -> dict[str, Any
 
 
 def summary_lines(result: dict[str, Any], run: RunDir) -> list[str]:
-    """Our recipe against the notebook's, in tokens/s and examples/s."""
+    """Our recipe against the reference recipe, in tokens/s and examples/s."""
     return [
-        f"ours / notebook: {result['ratio_tokens_per_s']}x tokens/s, {result['ratio_examples_per_s']}x examples/s",
+        f"ours / reference recipe: {result['ratio_tokens_per_s']}x tokens/s, {result['ratio_examples_per_s']}x examples/s",
         f"written to {run.train_throughput}",
     ]

@@ -75,9 +75,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "per-token decode latency, p50/p95 reply latency, batch-1 and batched tokens/s, peak memory; writes "
         "bench/pytest_benchmark.json and bench/summary.json. serving: 1, 8 and 16 concurrent users of the app's "
         "assistant, served by transformers one at a time and by the exported model one at a time and batched "
-        "(bench/serving.json; needs `supportbench export`). eval-speed: the notebook's one-at-a-time generation "
+        "(bench/serving.json; needs `supportbench export`). eval-speed: the reference recipe's one-at-a-time generation "
         "loop on --examples test examples against the run's eval (bench/eval_speed.json). train-throughput: "
-        "training tokens/s of the notebook's recipe against ours, one change at a time (bench/train_throughput.json).",
+        "training tokens/s of the reference recipe against ours, one change at a time (bench/train_throughput.json).",
         run_folder="a finished training run folder",
     )
     p.add_argument("mode", nargs="?", choices=MODES, help="what to measure (default: latency)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from supportbench.cli.options import add_command, add_config_file_option, add_config_options, command_layers
@@ -14,7 +15,10 @@ def run(args: argparse.Namespace) -> None:
     from supportbench.config import layered
     from supportbench.prepare.dataset import prepare, summary_lines
 
-    manifest = prepare(layered(DataConfig, *command_layers(DataConfig, args)), Path(args.out), force=args.force)
+    config = layered(DataConfig, *command_layers(DataConfig, args))
+    if config.mode == "notebook":
+        print("supportbench prepare: mode notebook is deprecated; use --mode sample (the same split)", file=sys.stderr)
+    manifest = prepare(config, Path(args.out), force=args.force)
     print("\n".join(summary_lines(manifest, Path(args.out))))
 
 

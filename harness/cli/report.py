@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         run,
         "render report.html and report.md for a run (and an experiment comparison)",
         "Render the run's JSON files through Jinja2 into report.html (self-contained) and report.md. With "
-        "--compare, also write comparison.html/.md, the notebook's experiment table, for all the runs.",
+        "--compare, also write comparison.html/.md, the reference recipe's experiment table, for all the runs.",
         run_folder="a run folder",
     )
     p.add_argument(

@@ -338,7 +338,7 @@ def _split_groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
 def split_rows(rows: list[dict[str, Any]], config: DataConfig) -> dict[str, list[dict[str, Any]]]:
     """Seeded split stratified by intent; rows sharing a normalized instruction stay in one split."""
     rng = random.Random(config.seed)
-    if config.mode == "notebook":
+    if config.mode in ("sample", "notebook"):
         rows = rng.sample(rows, min(config.sample_size, len(rows)))
         test_total = round(0.1 * len(rows))
         val_total = min(config.validation_size, (len(rows) - test_total) // 10)

@@ -137,7 +137,7 @@ class PerplexityTask(ConfigurableTask):
 
 
 def process_ppl(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, tuple[float, int]]:
-    """Response-only and whole-text (notebook) log-likelihoods, each with its token count."""
+    """Response-only and whole-text (reference recipe) log-likelihoods, each with its token count."""
     (reply_ll, _), (prompt_ll, _) = results
     return {
         "perplexity": (reply_ll, doc["target_tokens"]),

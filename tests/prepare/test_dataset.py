@@ -142,13 +142,14 @@ def test_jsonl_and_parquet_sources(tmp_path):
     assert _prepare(tmp_path / "d.parquet", tmp_path / "p")["counts"]["kept"] == len(rows)
 
 
-def test_notebook_mode_samples_then_splits_90_10(tmp_path):
-    manifest = _prepare(
-        write_csv(tmp_path / "d.csv", fixture_rows()), tmp_path / "out", mode="notebook", sample_size=100
-    )
+def test_sample_mode_samples_then_splits_90_10_and_its_old_name_splits_the_same(tmp_path):
+    data = write_csv(tmp_path / "d.csv", fixture_rows())
+    manifest = _prepare(data, tmp_path / "out", mode="sample", sample_size=100)
     splits = manifest["splits"]
     assert splits["test"]["rows"] == 10
     assert sum(s["rows"] for s in splits.values()) == 100
+    old = _prepare(data, tmp_path / "old", mode="notebook", sample_size=100)["splits"]
+    assert {name: split["sha256"] for name, split in old.items()} == {n: s["sha256"] for n, s in splits.items()}
 
 
 def test_missing_file_and_bad_config(tmp_path):
