@@ -18,7 +18,8 @@ DEFAULT_DATASET = "bitext/Bitext-customer-support-llm-chatbot-training-dataset"
 DATA_ENV = "SUPPORTBENCH_DATA"
 DEFAULT_PRESET = "ci"
 PRESET_PACKAGE, PRESET_DIR = "supportbench.trainers", "presets"
-GENERATION_EXAMPLES = 50  # the notebook's eval size; eval and rank share it
+SPLIT_MODES = ("heldout", "sample", "notebook")  # notebook: the old name of sample, kept for one release
+GENERATION_EXAMPLES = 50  # the reference recipe's eval size; eval and rank share it
 OPTIONAL_COLUMNS = ("category", "intent", "flags", "tags")  # labels an example may carry, whatever its format
 MAPPABLE_COLUMNS = (
     *("instruction", "response", *OPTIONAL_COLUMNS),  # one exchange per row
@@ -71,12 +72,12 @@ class DataConfig:
     seed: int = option(42, "split seed")
     mode: str = option(
         "heldout",
-        "heldout: fixed-size held-out test set; notebook: sample N then 90/10",
-        choices=("heldout", "notebook"),
+        "heldout: fixed-size held-out test set; sample: sample N rows, then split them 90/10 (notebook: old name)",
+        choices=SPLIT_MODES,
     )
     test_size: int = option(500, "held-out test rows")
     validation_size: int = option(100, "validation rows")
-    sample_size: int = option(5000, "rows sampled in notebook mode")
+    sample_size: int = option(5000, "rows sampled in sample mode")
     placeholders: str | None = option(None, "YAML map of {{placeholder}} values merged over the defaults")
     columns: str | None = option(
         None,
@@ -123,7 +124,7 @@ class DataConfig:
         _check(
             self,
             {
-                "mode": self.mode in ("heldout", "notebook"),
+                "mode": self.mode in SPLIT_MODES,
                 # eval scores the test split and train validates on the other: neither may be empty
                 "test_size": self.test_size > 0,
                 "validation_size": self.validation_size > 0,
@@ -225,10 +226,12 @@ class EvalConfig:
     )
     twcs: str | None = option(None, "score the out-of-domain TWCS tweet pairs (CSV) instead; written to eval/ood/")
     backend: str = option(
-        "hf",
-        "hf: transformers through lm-eval, data-parallel under --num-processes or accelerate launch; "
-        "vllm: lm-eval's vLLM model with the adapter as a LoRA request (GPU, `pip install vllm`)",
-        choices=("hf", "vllm"),
+        "auto",
+        "auto: CTranslate2 float32 on a single CPU process where a check on the first examples finds it exact "
+        "(same replies, log-likelihoods within 1e-4), else transformers; hf: transformers through lm-eval, "
+        "data-parallel under --num-processes or accelerate launch; vllm: lm-eval's vLLM model with the adapter as a "
+        "LoRA request (GPU, `pip install vllm`)",
+        choices=("auto", "hf", "vllm"),
     )
     tensor_parallel_size: int = option(1, "vllm: GPUs that hold one model replica")
     data_parallel_size: int = option(1, "vllm: model replicas that share the examples")
@@ -248,11 +251,11 @@ class EvalConfig:
                 "repetition_penalty": self.repetition_penalty is None or self.repetition_penalty > 0,
                 "no_repeat_ngram_size": self.no_repeat_ngram_size is None or self.no_repeat_ngram_size >= 0,
                 "validation_limit": self.validation_limit > 0,
-                "backend": self.backend in ("hf", "vllm"),
+                "backend": self.backend in ("auto", "hf", "vllm"),
                 "tensor_parallel_size": self.tensor_parallel_size == 1 or vllm and self.tensor_parallel_size > 1,
                 "data_parallel_size": self.data_parallel_size == 1 or vllm and self.data_parallel_size > 1,
             },
-            "eval config (the parallel sizes are vLLM's; the hf backend runs data-parallel under --num-processes)",
+            "eval config (the parallel sizes are vLLM's; the other backends run data-parallel under --num-processes)",
         )
 
 

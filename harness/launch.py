@@ -38,15 +38,15 @@ def config_path(name_or_path: str) -> Path:
     return Path(name_or_path)
 
 
-def check_processes(requested: int, accelerate_config: str | None, backend: str = "hf") -> bool:
+def check_processes(requested: int, accelerate_config: str | None, backend: str = "auto") -> bool:
     """True when this command must start `requested` processes itself; an error when it runs in a job of another size,
     or when the backend spreads its own work."""
     if requested < 1:
         raise SupportBenchError(f"--num-processes must be at least 1, not {requested}")
-    if backend != "hf" and max(requested, world_size()) > 1:
+    if backend == "vllm" and max(requested, world_size()) > 1:
         raise SupportBenchError(
             f"--backend {backend} runs in one process and spreads itself (--data-parallel-size, --tensor-parallel-size); "
-            "--num-processes and accelerate launch are for --backend hf"
+            "--num-processes and accelerate launch are for the other backends (on several processes, eval runs on transformers)"
         )
     if accelerate_config and requested == 1:
         raise SupportBenchError("--accelerate-config applies to a multi-process run: add --num-processes N (N > 1)")

@@ -1,7 +1,8 @@
-"""Eval speed: the run's batched lm-eval generation against the notebook's one-example-at-a-time loop."""
+"""Eval speed: the run's batched lm-eval generation against the reference recipe's one-at-a-time loop."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -9,14 +10,15 @@ from typing import Any
 import torch
 
 from supportbench.bench.latency import prompts_for
+from supportbench.bench.train_throughput import matmul_limit
 from supportbench.device import machine_info
-from supportbench.files import write_json
+from supportbench.files import SupportBenchError, write_json
 from supportbench.layout import RunDir
 
 
 @torch.inference_mode()
-def notebook_loop_seconds(run: RunDir, examples: int, max_new_tokens: int) -> dict[str, Any]:
-    """The notebook's eval loop: one example at a time, greedy, base then fine-tuned; wall time per model."""
+def one_at_a_time_seconds(run: RunDir, examples: int, max_new_tokens: int) -> dict[str, Any]:
+    """The reference recipe's eval loop: one example at a time, greedy, base then fine-tuned; wall time per model."""
     rows = run.data.rows("test")[:examples]
     timings = {}
     for variant in ("base", "lora"):
@@ -38,22 +40,83 @@ def notebook_loop_seconds(run: RunDir, examples: int, max_new_tokens: int) -> di
     }
 
 
+def runtime_arms(run: RunDir, examples: int) -> dict[str, Any]:
+    """Eval's own scoring of the fine-tuned model on `examples` test examples, plain greedy at the run's budget, on
+    transformers and on the exact runtime (its check of the first requests included), one after the other here."""
+    from lm_eval import simple_evaluate
+
+    from supportbench.config import EvalConfig
+    from supportbench.decoding import Decoding, run_budget
+    from supportbench.evaluation import exact_runtime
+    from supportbench.evaluation.evaluator import (
+        check_before_work,
+        evaluate_kwargs,
+        generation_scores,
+        load_lm,
+        runtime_record,
+        with_decoding,
+    )
+    from supportbench.metrics import PPL_TASK
+    from supportbench.models import model_path
+
+    why_not = exact_runtime.available()
+    if why_not:
+        raise SupportBenchError(
+            f"eval-speed compares the exact runtime with transformers, which cannot run here: {why_not}"
+        )
+    config = with_decoding(EvalConfig(), Decoding(run_budget(run)))
+    metadata = check_before_work(run, config)["metadata"]
+    path = model_path(run.base_model)
+    arms, replies = {}, {}
+    for backend in ("hf", "auto"):
+        arm = dataclasses.replace(config, backend=backend)
+        started = time.perf_counter()
+        lm = load_lm(path, str(run.adapter), arm)
+        load_s = time.perf_counter() - started
+        gen = generation_scores(lm, path, metadata, arm, examples)
+        lm.batch_size_per_gpu = arm.ppl_batch_size
+        started = time.perf_counter()
+        simple_evaluate(tasks=[PPL_TASK], limit=examples, **evaluate_kwargs(lm, path, metadata, arm))
+        used = runtime_record(lm, arm)
+        arms[used["generation"] if backend == "auto" else "transformers"] = {
+            "load_s": round(load_s, 1),
+            "generation_s": gen["seconds"],
+            "perplexity_s": round(time.perf_counter() - started, 1),
+            "runtime": used,
+        }
+        replies[backend] = [s["resps"] for s in gen["samples"]]
+    slow, fast = arms.values()
+    return {
+        "examples": examples,
+        "decoding": "plain greedy at the run's budget",
+        "arms": arms,
+        "generation_ratio": round(slow["generation_s"] / fast["generation_s"], 2),
+        "perplexity_ratio": round(slow["perplexity_s"] / fast["perplexity_s"], 2),
+        "identical_replies": sum(a == b for a, b in zip(replies["hf"], replies["auto"], strict=True)),
+        "matmul": matmul_limit(),
+    }
+
+
 def eval_speedup(run_dir: Path, examples: int) -> dict[str, Any]:
-    """Compare the batched lm-eval generation timing of the run's eval with the one-at-a-time loop."""
+    """Compare the batched lm-eval generation timing of the run's eval with the one-at-a-time loop, and, where the
+    exact runtime can run, eval's scoring on it with transformers."""
+    from supportbench.evaluation import exact_runtime
+
     run = RunDir(run_dir)
     evaluation = run.eval.summary()
-    n = evaluation["n"]["base"]["generation"]
-    batched = sum(evaluation["timing_s"][side]["generation"] for side in ("base", "finetuned"))
-    loop = notebook_loop_seconds(run, examples, evaluation["caps"]["max_new_tokens"])
+    n = evaluation.n["base"].generation
+    batched = evaluation.generation_seconds
+    loop = one_at_a_time_seconds(run, examples, evaluation.caps.max_new_tokens)
     loop_estimate = sum(loop["seconds_per_example"].values()) * n
     result = {
         "generation_examples": n,
         "batched_seconds": batched,
-        "batch_size": evaluation["config"]["gen_batch_size"],
+        "batch_size": evaluation.config.gen_batch_size,
         "one_at_a_time": loop,
         "one_at_a_time_seconds_for_n": loop_estimate,
         "speedup": loop_estimate / batched,
         "measured_examples_one_at_a_time": loop["examples"],
+        "runtimes": None if exact_runtime.available() else runtime_arms(run, examples),
     }
     write_json(run.eval_speed, result)
     return result
@@ -65,4 +128,22 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"batched eval generation: {result['batched_seconds']:.1f}s for {result['generation_examples']} examples x 2 "
         f"models; one at a time: {result['one_at_a_time_seconds_for_n']:.1f}s (from "
         f"{result['measured_examples_one_at_a_time']} measured); speedup {result['speedup']:.1f}x"
+    ] + runtime_lines(result["runtimes"])
+
+
+def runtime_lines(runtimes: dict[str, Any] | None) -> list[str]:
+    """Eval's scoring on transformers against the exact runtime: seconds per arm and the ratios, with the matmul rate."""
+    if runtimes is None:
+        return ["exact runtime: not measured (CTranslate2 cannot run here)"]
+    lines = [
+        f"{name:<22} load {arm['load_s']:>6.1f}s  generation {arm['generation_s']:>7.1f}s  perplexity "
+        f"{arm['perplexity_s']:>7.1f}s"
+        for name, arm in runtimes["arms"].items()
+    ]
+    return [
+        f"eval on {runtimes['examples']} test examples ({runtimes['decoding']}), fine-tuned model, same process:",
+        *lines,
+        f"ratio: generation {runtimes['generation_ratio']}x, perplexity {runtimes['perplexity_ratio']}x; "
+        f"{runtimes['identical_replies']} of {runtimes['examples']} replies identical; "
+        f"matmul {runtimes['matmul']['gflops']} GFLOP/s",
     ]

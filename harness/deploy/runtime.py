@@ -44,18 +44,19 @@ def require_ctranslate2() -> Any:
     return ctranslate2
 
 
-def convert(model_dir: Path, out_dir: Path) -> None:
-    """Convert a transformers folder to CTranslate2 int8 in out_dir; an architecture it cannot convert is a clear error."""
+def convert(model_dir: Path, out_dir: Path, quantization: str | None = QUANTIZATION) -> None:
+    """Convert a transformers folder to CTranslate2 (int8, or None: the weights' own dtype) in out_dir; an architecture
+    it cannot convert is a clear error."""
     ctranslate2 = require_ctranslate2()
     copy = [name for name in TOKENIZER_FILES if (Path(model_dir) / name).is_file()]
     try:
         converter = ctranslate2.converters.TransformersConverter(str(model_dir), copy_files=copy)
-        converter.convert(str(out_dir), quantization=QUANTIZATION, force=True)
+        converter.convert(str(out_dir), quantization=quantization, force=True)
     except (ValueError, NotImplementedError) as err:
         raise SupportBenchError(f"CTranslate2 cannot convert {model_dir}: {err}") from err
 
 
-def load_generator(folder: Path, threads: int | None = None) -> Any:
+def load_generator(folder: Path, threads: int | None = None, compute_type: str = QUANTIZATION) -> Any:
     """A CTranslate2 Generator for an exported folder; a missing or corrupted folder is a clear error."""
     ctranslate2 = require_ctranslate2()
     missing = [name for name in MODEL_FILES if not (Path(folder) / name).is_file()]
@@ -65,7 +66,7 @@ def load_generator(folder: Path, threads: int | None = None) -> Any:
         )
     try:
         return ctranslate2.Generator(
-            str(folder), device="cpu", compute_type=QUANTIZATION, intra_threads=threads or os.cpu_count() or 1
+            str(folder), device="cpu", compute_type=compute_type, intra_threads=threads or os.cpu_count() or 1
         )
     except (RuntimeError, ValueError) as err:
         raise SupportBenchError(

@@ -52,12 +52,11 @@ def check_no_leakage(run: RunDir) -> dict[str, Any]:
     """Hash the exact train and test bytes that will be scored, match them to the manifests, and count shared
     normalized instructions in those rows; refuse on any mismatch or overlap."""
     split, trained = run.data, run.trained()
-    manifest = split.manifest()["splits"]
     hashes = {}
     for name in ("train", "test"):
         path = split.split_path(name)
         hashes[name] = sha256_file(path) if path.is_file() else "missing"
-        if hashes[name] != manifest[name]["sha256"]:
+        if hashes[name] != split.split_sha256(name):
             raise SupportBenchError(
                 f"{split.split_path(name)} is not the {name} split its manifest describes (sha256 differs: edited, "
                 "truncated or missing); refusing to score"
@@ -121,7 +120,8 @@ def vllm_model_args(model_path: str, adapter: str | None, config: EvalConfig) ->
 
 
 def load_lm(model_path: str, adapter: str | None, config: EvalConfig) -> Any:
-    """The lm-eval model for one scoring: vLLM, or transformers sharded over the launched processes."""
+    """The lm-eval model for one scoring: vLLM, the exact CTranslate2 runtime, or transformers sharded over the
+    launched processes."""
     if config.backend == "vllm":
         from lm_eval.api.registry import get_model
 
@@ -129,25 +129,41 @@ def load_lm(model_path: str, adapter: str | None, config: EvalConfig) -> Any:
     from lm_eval.models.huggingface import HFLM
 
     device = pick_device()
-    lm = HFLM(
-        pretrained=model_path,
-        peft=adapter,
-        device=device.device,
-        dtype=device.dtype_name,
-        batch_size=config.gen_batch_size,
-    )
+    args = {"pretrained": model_path, "peft": adapter, "device": device.device, "dtype": device.dtype_name}
+    from supportbench.evaluation import exact_runtime
+
     processes = process_state()
+    if config.backend == "auto":
+        why_not = exact_runtime.available() or (
+            f"{processes.num_processes} launched processes share the examples" if processes.num_processes > 1 else None
+        )
+        if why_not is None:
+            folder = exact_runtime.converted(model_path, adapter)
+            return exact_runtime.ExactRuntimeLM(folder, batch_size=config.gen_batch_size, **args)
+        if processes.is_main_process:
+            print(f"eval runs on transformers: {why_not}")
+    lm = HFLM(batch_size=config.gen_batch_size, **args)
     if processes.num_processes > 1 and lm.world_size == 1:
         # lm-eval splits the requests over launched processes only when they hold GPUs; CPU processes split the same way
         lm._rank, lm._world_size = processes.process_index, processes.num_processes
     return lm
 
 
+def runtime_record(lm: Any, config: EvalConfig) -> dict[str, Any]:
+    """Which runtime generated with the config's decoding and scored log-likelihoods, with the exact runtime's checks."""
+    from supportbench.evaluation import exact_runtime
+
+    if isinstance(lm, exact_runtime.ExactRuntimeLM):
+        return lm.record(config_decoding(config).controls())
+    used = "vllm" if config.backend == "vllm" else "transformers"
+    return {"generation": used, "perplexity": used}
+
+
 def score_model(
     model_path: str, adapter: str | None, metadata: dict[str, Any], config: EvalConfig, greedy_reference: bool = False
 ) -> dict[str, Any] | None:
     """Run generation (limited) and perplexity (whole split unless ppl_limit) for one model through lm-eval, and with
-    greedy_reference the notebook's plain greedy generation too; None in every launched process but the main one,
+    greedy_reference the plain greedy generation too; None in every launched process but the main one,
     which gathers the results."""
     from lm_eval import simple_evaluate
 
@@ -161,10 +177,10 @@ def score_model(
             lm, model_path, metadata, with_decoding(config, plain_greedy(config)), config.limit
         )
     t1 = time.perf_counter()
-    if config.backend == "hf":
+    if config.backend != "vllm":
         lm.batch_size_per_gpu = config.ppl_batch_size  # HFLM has one batch size; scoring wants a narrower one
     ppl = simple_evaluate(
-        tasks=[PPL_TASK], limit=config.ppl_limit, **_evaluate_kwargs(lm, model_path, metadata, config)
+        tasks=[PPL_TASK], limit=config.ppl_limit, **evaluate_kwargs(lm, model_path, metadata, config)
     )
     t2 = time.perf_counter()
     if gen is None:
@@ -181,7 +197,12 @@ def score_model(
             "prompts_left_truncated": truncated,
             "context_budget_tokens": budget,
         },
-        "timing_s": {"load": round(load_s, 2), "generation": gen["seconds"], "perplexity": round(t2 - t1, 1)},
+        "timing_s": {
+            "load": round(load_s, 2),
+            "generation": gen["seconds"],
+            "perplexity": round(t2 - t1, 1),
+        },
+        "runtime": runtime_record(lm, config),
         "samples": [_example(s) for s in generated],  # in the split's order, however many processes scored them
         "perplexity_items": {s["doc"]["id"]: list(s["perplexity"]) for s in scored},
         "greedy_reference": reference and {"decoding": asdict(plain_greedy(config)), "metrics": reference["metrics"]},
@@ -202,7 +223,7 @@ def generation_scores(
     from lm_eval import simple_evaluate
 
     started = time.perf_counter()
-    gen = simple_evaluate(tasks=[GEN_TASK], limit=limit, **_evaluate_kwargs(lm, tokenizer_path, metadata, config))
+    gen = simple_evaluate(tasks=[GEN_TASK], limit=limit, **evaluate_kwargs(lm, tokenizer_path, metadata, config))
     if gen is None:
         return None
     return {
@@ -219,7 +240,7 @@ def config_decoding(config: EvalConfig) -> Decoding:
 
 
 def plain_greedy(config: EvalConfig) -> Decoding:
-    """The notebook's decoding at the config's cap: greedy, no repetition controls."""
+    """Plain greedy decoding at the config's cap: no repetition controls."""
     return Decoding(config.max_new_tokens)
 
 
@@ -228,7 +249,7 @@ def with_decoding(config: EvalConfig, decoding: Decoding) -> EvalConfig:
     return dataclasses.replace(config, **asdict(decoding))
 
 
-def _evaluate_kwargs(lm: Any, tokenizer_path: str, metadata: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
+def evaluate_kwargs(lm: Any, tokenizer_path: str, metadata: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
     """simple_evaluate's arguments shared by every model scored: our tasks, seeds, samples kept, the decoding."""
     from lm_eval.tasks import TaskManager
 
@@ -253,7 +274,7 @@ def validation_metadata(run: RunDir) -> dict[str, Any]:
         "template": run.trained().template,
         "data_dir": str(split.path),
         "split": "validation",
-        "sha256": split.manifest()["splits"]["validation"]["sha256"],
+        "sha256": split.split_sha256("validation"),
     }
 
 
@@ -277,7 +298,7 @@ def choose_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -
     path = model_path(trained.base_model)
     cap = config.max_new_tokens or run_budget(run)
     validation = {**metadata, **validation_metadata(run)}
-    tried = candidates(cap, ngram_controls=config.backend == "hf")
+    tried = candidates(cap, ngram_controls=config.backend != "vllm")
     lm = load_lm(path, str(run.adapter), with_decoding(config, tried[0]))
     scored = []
     for candidate in tried:
@@ -297,6 +318,7 @@ def choose_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -
                 "reason": reason,
                 "budget": trained.reply_tokens and trained.reply_tokens.model_dump(),
                 "validation_examples": config.validation_limit,
+                "runtime": runtime_record(lm, with_decoding(config, tried[0])),
                 "candidates": scored,
             },
         )
@@ -338,7 +360,7 @@ def per_category(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def delta_pct(base: float, tuned: float) -> float | None:
-    """Relative change in percent, as the notebook showed it (None when the base is zero)."""
+    """Relative change in percent (None when the base is zero)."""
     return None if base == 0 else 100.0 * (tuned - base) / base
 
 
@@ -352,7 +374,7 @@ def check_adapter_applied(base: dict[str, Any], tuned: dict[str, Any]) -> None:
         )
 
 
-def _check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
+def check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
     """Every eval precondition, checked before any model loads; returns the lm-eval task metadata."""
     config.validate()
     trained = run.require_adapter()
@@ -395,7 +417,7 @@ def evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
 
 def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
     run = RunDir(run_dir)
-    checked = _check_before_work(run, config)
+    checked = check_before_work(run, config)
     metadata, trained = checked["metadata"], checked["trained"]
     base_name = trained.base_model
     config, decoding_source = resolve_decoding(run, config, metadata)
@@ -444,10 +466,12 @@ def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
         },
         "decoding": {**asdict(decoding), "label": decoding.label(), "source": decoding_source},
         "metrics": {"base": base["metrics"], "finetuned": tuned["metrics"]},
-        # the fine-tuned model decoded as the notebook did, when that differs
+        # the fine-tuned model decoded plain greedy, when the chosen decoding differs
         "greedy_reference": tuned["greedy_reference"],
         "delta_pct": {m: delta_pct(base["metrics"][m], tuned["metrics"][m]) for m in base["metrics"]},
         "timing_s": {"base": base["timing_s"], "finetuned": tuned["timing_s"]},
+        # which runtime generated and scored, with its exactness check (a cached entry keeps the one that scored it)
+        "runtime": {"base": base.get("runtime"), "finetuned": tuned["runtime"]},
         "base_scores": {"from_cache": base_from_cache, "key": key},
         "lm_eval": {"version": importlib.metadata.version("lm_eval"), "config": base["lm_eval_config"]},
     }
@@ -488,6 +512,7 @@ def score_other_base(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) 
         "n": {"base": result["n"]},
         "metrics": {"base": result["metrics"]},
         "timing_s": {"base": result["timing_s"]},
+        "runtime": {"base": result["runtime"]},
         "lm_eval": {"version": importlib.metadata.version("lm_eval"), "config": result["lm_eval_config"]},
     }
     write_json(run.base_model_scores(name), summary)
@@ -504,12 +529,12 @@ def score_exported(run_dir: Path) -> dict[str, Any]:
             f"{run.path} has no eval to pair the exported model with; run `supportbench eval --run {run.path}` first"
         )
     fp32 = run.eval.summary()
-    if fp32["config"]["twcs"]:
+    config = fp32.config
+    if config.twcs:
         raise SupportBenchError(
             f"{run.eval.metrics} scores TWCS; the exported model pairs with the held-out split's eval"
         )
-    config = EvalConfig(**fp32["config"])
-    checked = _check_before_work(run, config)
+    checked = check_before_work(run, config)
     if exported_format(run.path) is None:
         raise SupportBenchError(f"{run.path} has no exported model; run `supportbench export --run {run.path}` first")
     folder = run.exported(runtime.FORMAT)
@@ -530,7 +555,7 @@ def score_exported(run_dir: Path) -> dict[str, Any]:
         "n": len(samples),
         "metrics": {
             "exported": gen["metrics"],
-            "fp32": {m: fp32["metrics"]["finetuned"][m] for m in task_metrics(GEN_TASK)},
+            "fp32": {m: fp32.metrics["finetuned"][m] for m in task_metrics(GEN_TASK)},
         },
         "rougeL_difference": paired_difference(fp32_rouge, [s["rougeL"] for s in samples], config.seed),
         "identical_replies": sum(reference[s["id"]]["finetuned"] == s["reply"] for s in samples),
@@ -541,7 +566,7 @@ def score_exported(run_dir: Path) -> dict[str, Any]:
 
 
 def table_lines(summary: dict[str, Any]) -> list[str]:
-    """The base / fine-tuned / delta table, as the notebook printed it (base only for another base model)."""
+    """The base / fine-tuned / change table (base only for another base model)."""
     base = summary["metrics"]["base"]
     n = summary["n"]["base"]
     header = f"{summary['dataset']}: {n['generation']} generated, {n['perplexity']} for perplexity"
@@ -561,9 +586,9 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
     if summary["greedy_reference"]:
         greedy = summary["greedy_reference"]["metrics"]
         shown = ", ".join(f"{m} {greedy[m]:.4f}" for m in ("rougeL", "bleu", "at_cap", "runon"))
-        lines.append(f"fine-tuned, plain greedy as the notebook decoded (reference): {shown}")
-    stats = RunDir(Path(summary["run"])).evaluation(ood=summary["dataset"] == "twcs").stats
-    return lines + evidence_lines(read_json(stats))[:2]
+        lines.append(f"fine-tuned, plain greedy (reference): {shown}")
+    scored = RunDir(Path(summary["run"])).evaluation(ood=summary["dataset"] == "twcs")
+    return lines + evidence_lines(scored.statistics())[:2]
 
 
 def exported_lines(summary: dict[str, Any]) -> list[str]:

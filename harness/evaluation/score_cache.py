@@ -62,7 +62,11 @@ def base_score_key(model: str, metadata: dict[str, Any], config: EvalConfig) -> 
         "data": metadata.get("sha256") or sha256_file(Path(metadata["twcs"])),
         "task": _folder_digest(include_path() / "customer_support"),
         "code": {name: sha256_file(Path(importlib.util.find_spec(name).origin)) for name in SCORING_CODE},
-        "settings": {k: v for k, v in asdict(config).items() if k not in (*NOT_BASE_SETTINGS, *PARALLELISM)},
+        "settings": {
+            **{k: v for k, v in asdict(config).items() if k not in (*NOT_BASE_SETTINGS, *PARALLELISM)},
+            # the exact runtime is used only where its scores equal transformers': one key for both
+            "backend": "vllm" if config.backend == "vllm" else "transformers",
+        },
         "versions": {name: importlib.metadata.version(name) for name in VERSIONED},
     }
     return hashlib.sha256(_canonical(parts)).hexdigest()

@@ -18,7 +18,7 @@ def test_training_throughput_benchmark_measures_every_arm(tiny_run, tiny_model_d
     run = RunDir(tmp_path / "run")
     shutil.copytree(tiny_run, run.path)
     result = run_benchmark(run, tiny_config(tiny_model_dir, batch_size=2), steps=1)
-    arms = ["notebook", "no_checkpointing", "length_grouped", "prompt_completion", "completion_logits"]
+    arms = ["reference_recipe", "no_checkpointing", "length_grouped", "prompt_completion", "completion_logits"]
     assert [arm["arm"] for arm in result["arms"]] == arms
     assert all(arm["examples"] == EFFECTIVE_BATCH and arm["tokens_per_s"] > 0 for arm in result["arms"])
     assert result["matmul_limit"]["gflops"] > 0 and result["flops_per_token"] > 0
@@ -54,3 +54,20 @@ def test_bench_writes_well_formed_json(full_run):
     assert summary["machine"]["cores"] >= 1 and summary["machine"]["torch_threads"] >= 1
     raw = read_json(full_run / "bench" / "pytest_benchmark.json")
     assert len(raw["benchmarks"]) == 3 * len(variants)  # warm load, reply, batched per variant
+
+
+def test_eval_speed_measures_eval_on_both_runtimes_in_one_process(full_run, tmp_path, capsys):
+    from supportbench.cli import main
+    from supportbench.evaluation.exact_runtime import NAME
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    assert main(["bench", "eval-speed", "--run", str(run), "--examples", "2"]) == 0
+    runtimes = read_json(run / "bench" / "eval_speed.json")["runtimes"]
+    assert set(runtimes["arms"]) == {"transformers", NAME}
+    assert runtimes["arms"][NAME]["runtime"]["checks"]["greedy"]["exact"]  # the fast arm ran on CTranslate2
+    assert runtimes["identical_replies"] == 2
+    arms = runtimes["arms"]
+    assert runtimes["generation_ratio"] == round(arms["transformers"]["generation_s"] / arms[NAME]["generation_s"], 2)
+    assert runtimes["matmul"]["gflops"] > 0
+    assert "ratio: generation" in capsys.readouterr().out

@@ -256,7 +256,7 @@ def test_a_failed_eval_leaves_the_old_eval_whole_and_a_mixed_folder_is_refused(
     with pytest.raises(SupportBenchError, match="No space left"):
         evaluate_run(run.path, EvalConfig(limit=8, gen_batch_size=4, max_new_tokens=8))
     monkeypatch.undo()
-    assert run.eval.summary()["n"] == first["n"]  # every file is still the first eval's
+    assert run.eval.summary().model_dump()["n"] == first["n"]  # every file is still the first eval's
     assert len(run.eval.samples.read_text().splitlines()) == 4
     run.eval.samples.write_text(run.eval.samples.read_text().splitlines()[0] + "\n")  # a mixed folder
     assert main(["gate", "--run", str(run.path)]) == 2
