@@ -226,12 +226,12 @@ class EvalConfig:
     )
     twcs: str | None = option(None, "score the out-of-domain TWCS tweet pairs (CSV) instead; written to eval/ood/")
     backend: str = option(
-        "auto",
-        "auto: CTranslate2 float32 on a single CPU process where a check on the first examples finds it exact "
-        "(same replies, log-likelihoods within 1e-4), else transformers; hf: transformers through lm-eval, "
-        "data-parallel under --num-processes or accelerate launch; vllm: lm-eval's vLLM model with the adapter as a "
-        "LoRA request (GPU, `pip install vllm`)",
-        choices=("auto", "hf", "vllm"),
+        "hf",
+        "hf: transformers through lm-eval, data-parallel under --num-processes or accelerate launch; ct2: CTranslate2 "
+        "float32 on one CPU process where a check on the first requests finds it exact (same replies, "
+        "log-likelihoods within 1e-4), else transformers; vllm: lm-eval's vLLM model with the adapter as a LoRA "
+        "request (GPU, `pip install vllm`)",
+        choices=("hf", "ct2", "vllm"),
     )
     tensor_parallel_size: int = option(1, "vllm: GPUs that hold one model replica")
     data_parallel_size: int = option(1, "vllm: model replicas that share the examples")
@@ -251,7 +251,7 @@ class EvalConfig:
                 "repetition_penalty": self.repetition_penalty is None or self.repetition_penalty > 0,
                 "no_repeat_ngram_size": self.no_repeat_ngram_size is None or self.no_repeat_ngram_size >= 0,
                 "validation_limit": self.validation_limit > 0,
-                "backend": self.backend in ("auto", "hf", "vllm"),
+                "backend": self.backend in ("hf", "ct2", "vllm"),
                 "tensor_parallel_size": self.tensor_parallel_size == 1 or vllm and self.tensor_parallel_size > 1,
                 "data_parallel_size": self.data_parallel_size == 1 or vllm and self.data_parallel_size > 1,
             },

@@ -38,7 +38,7 @@ def config_path(name_or_path: str) -> Path:
     return Path(name_or_path)
 
 
-def check_processes(requested: int, accelerate_config: str | None, backend: str = "auto") -> bool:
+def check_processes(requested: int, accelerate_config: str | None, backend: str = "hf") -> bool:
     """True when this command must start `requested` processes itself; an error when it runs in a job of another size,
     or when the backend spreads its own work."""
     if requested < 1:

@@ -113,14 +113,10 @@ def test_effective_batch_split_over_processes_and_the_reason_when_it_cannot_be_k
 
 def test_eval_on_two_cpu_processes_scores_like_one(tiny_run, tmp_path):
     one, two = (trained_copy(tiny_run, tmp_path / name) for name in ("one", "two"))
-    # several processes run on transformers; the one-process eval is held to it too, so the two must agree exactly
-    config = EvalConfig(limit=6, gen_batch_size=2, max_new_tokens=8, ppl_limit=8, ppl_batch_size=2, backend="hf")
-    summary = evaluate_run(one, config)
+    summary = evaluate_run(one, EvalConfig(limit=6, gen_batch_size=2, max_new_tokens=8, ppl_limit=8, ppl_batch_size=2))
     launched = _launched(
         [sys.executable, "-m", "supportbench", "eval", "--run", str(two), "--num-processes", str(TWO_PROCESSES)]
         + [
-            "--backend",
-            "hf",
             "--limit",
             "6",
             "--gen-batch-size",

@@ -68,7 +68,7 @@ def runtime_arms(run: RunDir, examples: int) -> dict[str, Any]:
     metadata = check_before_work(run, config)["metadata"]
     path = model_path(run.base_model)
     arms, replies = {}, {}
-    for backend in ("hf", "auto"):
+    for backend in ("hf", "ct2"):
         arm = dataclasses.replace(config, backend=backend)
         started = time.perf_counter()
         lm = load_lm(path, str(run.adapter), arm)
@@ -78,7 +78,7 @@ def runtime_arms(run: RunDir, examples: int) -> dict[str, Any]:
         started = time.perf_counter()
         simple_evaluate(tasks=[PPL_TASK], limit=examples, **evaluate_kwargs(lm, path, metadata, arm))
         used = runtime_record(lm, arm)
-        arms[used["generation"] if backend == "auto" else "transformers"] = {
+        arms[used["generation"] if backend == "ct2" else "transformers"] = {
             "load_s": round(load_s, 1),
             "generation_s": gen["seconds"],
             "perplexity_s": round(time.perf_counter() - started, 1),
@@ -92,7 +92,7 @@ def runtime_arms(run: RunDir, examples: int) -> dict[str, Any]:
         "arms": arms,
         "generation_ratio": round(slow["generation_s"] / fast["generation_s"], 2),
         "perplexity_ratio": round(slow["perplexity_s"] / fast["perplexity_s"], 2),
-        "identical_replies": sum(a == b for a, b in zip(replies["hf"], replies["auto"], strict=True)),
+        "identical_replies": sum(a == b for a, b in zip(replies["hf"], replies["ct2"], strict=True)),
         "matmul": matmul_limit(),
     }
 

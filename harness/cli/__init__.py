@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "num_processes"):
             from supportbench.launch import check_processes, relaunch
 
-            if check_processes(args.num_processes, args.accelerate_config, getattr(args, "backend", "auto")):
+            if check_processes(args.num_processes, args.accelerate_config, getattr(args, "backend", "hf")):
                 return relaunch(argv, args.num_processes, args.accelerate_config)
         return args.func(args) or 0
     except SupportBenchError as err:

@@ -133,7 +133,7 @@ def load_lm(model_path: str, adapter: str | None, config: EvalConfig) -> Any:
     from supportbench.evaluation import exact_runtime
 
     processes = process_state()
-    if config.backend == "auto":
+    if config.backend == "ct2":
         why_not = exact_runtime.available() or (
             f"{processes.num_processes} launched processes share the examples" if processes.num_processes > 1 else None
         )

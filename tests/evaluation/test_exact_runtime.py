@@ -16,8 +16,8 @@ CONFIG = dict(limit=4, gen_batch_size=4, max_new_tokens=8, ppl_limit=6)
 
 
 def test_the_exact_runtime_scores_as_transformers_and_shares_its_cache(tiny_run, tmp_path):
-    fast = evaluate_run(trained_copy(tiny_run, tmp_path / "fast"), EvalConfig(**CONFIG))
-    slow = evaluate_run(trained_copy(tiny_run, tmp_path / "slow"), EvalConfig(**CONFIG, backend="hf"))
+    fast = evaluate_run(trained_copy(tiny_run, tmp_path / "fast"), EvalConfig(**CONFIG, backend="ct2"))
+    slow = evaluate_run(trained_copy(tiny_run, tmp_path / "slow"), EvalConfig(**CONFIG))
     used = fast["runtime"]["finetuned"]
     assert used["generation"] == used["perplexity"] == exact_runtime.NAME, used
     assert used["checks"]["greedy"] == {"requests": 4, "identical_replies": 4, "exact": True}  # limit=4 < 8
@@ -39,7 +39,7 @@ def test_the_exact_runtime_scores_as_transformers_and_shares_its_cache(tiny_run,
 
 def test_a_failed_check_falls_back_to_transformers_and_says_so(tiny_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(exact_runtime, "LOGLIK_RTOL", -1.0)  # no agreement can pass
-    result = evaluate_run(trained_copy(tiny_run, tmp_path / "run"), EvalConfig(**CONFIG))
+    result = evaluate_run(trained_copy(tiny_run, tmp_path / "run"), EvalConfig(**CONFIG, backend="ct2"))
     used = result["runtime"]["finetuned"]
     assert used["perplexity"] == "transformers" and used["checks"]["loglikelihood"]["exact"] is False
     assert "eval falls back to transformers for loglikelihood" in capsys.readouterr().out
@@ -47,6 +47,6 @@ def test_a_failed_check_falls_back_to_transformers_and_says_so(tiny_run, tmp_pat
 
 def test_without_ctranslate2_eval_runs_on_transformers_and_says_why(tiny_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ctranslate2", None)  # what find_spec reports for a package not installed
-    result = evaluate_run(trained_copy(tiny_run, tmp_path / "run"), EvalConfig(**CONFIG))
+    result = evaluate_run(trained_copy(tiny_run, tmp_path / "run"), EvalConfig(**CONFIG, backend="ct2"))
     assert result["runtime"]["finetuned"] == {"generation": "transformers", "perplexity": "transformers"}
     assert "eval runs on transformers: CTranslate2 is not installed" in capsys.readouterr().out
