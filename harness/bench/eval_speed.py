@@ -43,20 +43,17 @@ def one_at_a_time_seconds(run: RunDir, examples: int, max_new_tokens: int) -> di
 def runtime_arms(run: RunDir, examples: int) -> dict[str, Any]:
     """Eval's own scoring of the fine-tuned model on `examples` test examples, plain greedy at the run's budget, on
     transformers and on the exact runtime (its check of the first requests included), one after the other here."""
-    from lm_eval import simple_evaluate
-
     from supportbench.config import EvalConfig
     from supportbench.decoding import Decoding, run_budget
     from supportbench.evaluation import exact_runtime
     from supportbench.evaluation.evaluator import (
         check_before_work,
-        evaluate_kwargs,
         generation_scores,
         load_lm,
+        perplexity_scores,
         runtime_record,
         with_decoding,
     )
-    from supportbench.metrics import PPL_TASK
     from supportbench.models import model_path
 
     why_not = exact_runtime.available()
@@ -74,9 +71,8 @@ def runtime_arms(run: RunDir, examples: int) -> dict[str, Any]:
         lm = load_lm(path, str(run.adapter), arm)
         load_s = time.perf_counter() - started
         gen = generation_scores(lm, path, metadata, arm, examples)
-        lm.batch_size_per_gpu = arm.ppl_batch_size
         started = time.perf_counter()
-        simple_evaluate(tasks=[PPL_TASK], limit=examples, **evaluate_kwargs(lm, path, metadata, arm))
+        perplexity_scores(lm, path, metadata, arm, examples)
         used = runtime_record(lm, arm)
         arms[used["generation"] if backend == "ct2" else "transformers"] = {
             "load_s": round(load_s, 1),

@@ -130,10 +130,10 @@ def load_lm(model_path: str, adapter: str | None, config: EvalConfig) -> Any:
 
     device = pick_device()
     args = {"pretrained": model_path, "peft": adapter, "device": device.device, "dtype": device.dtype_name}
-    from supportbench.evaluation import exact_runtime
-
     processes = process_state()
     if config.backend == "ct2":
+        from supportbench.evaluation import exact_runtime
+
         why_not = exact_runtime.available() or (
             f"{processes.num_processes} launched processes share the examples" if processes.num_processes > 1 else None
         )
@@ -165,7 +165,6 @@ def score_model(
     """Run generation (limited) and perplexity (whole split unless ppl_limit) for one model through lm-eval, and with
     greedy_reference the plain greedy generation too; None in every launched process but the main one,
     which gathers the results."""
-    from lm_eval import simple_evaluate
 
     started = time.perf_counter()
     lm = load_lm(model_path, adapter, config)
@@ -177,11 +176,7 @@ def score_model(
             lm, model_path, metadata, with_decoding(config, plain_greedy(config)), config.limit
         )
     t1 = time.perf_counter()
-    if config.backend != "vllm":
-        lm.batch_size_per_gpu = config.ppl_batch_size  # HFLM has one batch size; scoring wants a narrower one
-    ppl = simple_evaluate(
-        tasks=[PPL_TASK], limit=config.ppl_limit, **evaluate_kwargs(lm, model_path, metadata, config)
-    )
+    ppl = perplexity_scores(lm, model_path, metadata, config, config.ppl_limit)
     t2 = time.perf_counter()
     if gen is None:
         return None
@@ -232,6 +227,18 @@ def generation_scores(
         "seconds": round(time.perf_counter() - started, 1),
         "lm_eval_config": gen["config"],
     }
+
+
+def perplexity_scores(
+    lm: Any, tokenizer_path: str, metadata: dict[str, Any], config: EvalConfig, limit: int | None
+) -> dict[str, Any] | None:
+    """lm-eval's perplexity task on `limit` examples at the config's perplexity batch; None in every launched process
+    but the main one."""
+    from lm_eval import simple_evaluate
+
+    if config.backend != "vllm":
+        lm.batch_size_per_gpu = config.ppl_batch_size  # HFLM has one batch size; scoring wants a narrower one
+    return simple_evaluate(tasks=[PPL_TASK], limit=limit, **evaluate_kwargs(lm, tokenizer_path, metadata, config))
 
 
 def config_decoding(config: EvalConfig) -> Decoding:

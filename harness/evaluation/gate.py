@@ -29,7 +29,7 @@ SHARE_RULES = {
 COMPARABLE_SETTINGS = ("limit", "ppl_limit", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "seed")
 
 
-Share = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+FiniteNumber = Annotated[float, Strict(), Field(allow_inf_nan=False)]  # an int or float, never a bool or NaN
 
 
 class _Rule(BaseModel):
@@ -52,7 +52,7 @@ class BeatsBase(_MetricRule):
     """The fine-tuned model's paired gain over its base must have a lower bound above min_lower_bound."""
 
     allowed = tuple(METRICS)
-    min_lower_bound: Share
+    min_lower_bound: FiniteNumber
 
 
 class NonInferiorToBaseline(_MetricRule):
@@ -60,7 +60,7 @@ class NonInferiorToBaseline(_MetricRule):
     -margin."""
 
     allowed = ROUGE_TYPES
-    margin: Share
+    margin: FiniteNumber
 
 
 class GateRules(_Rule):
@@ -68,10 +68,10 @@ class GateRules(_Rule):
 
     beats_base: BeatsBase | None = None
     non_inferior_to_baseline: NonInferiorToBaseline | None = None
-    max_runon_share: Share | None = None
-    max_placeholder_leak_share: Share | None = None
-    max_at_cap_share: Share | None = None
-    max_reply_p50_s: Share | None = None
+    max_runon_share: FiniteNumber | None = None
+    max_placeholder_leak_share: FiniteNumber | None = None
+    max_at_cap_share: FiniteNumber | None = None
+    max_reply_p50_s: FiniteNumber | None = None
 
 
 def _rule_error(err: ValidationError, origin: str) -> SupportBenchError:
