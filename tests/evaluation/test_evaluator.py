@@ -60,15 +60,12 @@ def test_plain_lm_eval_cli_runs_both_tasks(tiny_run, tiny_model_dir, tmp_path):
     assert results["customer_support_ppl"]["perplexity,none"] > 1.0
 
 
-def test_lm_eval_lists_the_three_tasks():
-    result = subprocess.run(
-        [sys.executable, "-m", "lm_eval", "ls", "tasks", "--include_path", str(include_path())],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    for name in ("customer_support_gen", "customer_support_ppl", "customer_support"):
-        assert f"|{name} " in result.stdout.replace("| ", "|"), name
+def test_lm_eval_indexes_the_three_tasks():
+    from lm_eval.tasks import TaskManager
+
+    # the index `lm_eval ls tasks --include_path` prints, without its scan of lm-eval's own 10,000 task files
+    index = TaskManager(include_path=str(include_path()), include_defaults=False).all_tasks
+    assert {"customer_support_gen", "customer_support_ppl", "customer_support"} <= set(index)
 
 
 def test_eval_writes_results_and_repeats_exactly(tiny_run):

@@ -15,8 +15,10 @@ from supportbench.config import DataConfig, SweepConfig, TrainConfig, read_confi
 from supportbench.files import SupportBenchError, read_json
 
 
-def sweep_command(out: Path, model: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [
+def sweep_args(out: Path, model: Path, data: Path, *extra: str) -> list[str]:
+    """The command line of a short sweep of one model on a data folder."""
+    return [
+        "sweep",
         "--out",
         str(out),
         "--models",
@@ -27,16 +29,20 @@ def sweep_command(out: Path, model: Path, data: Path, *extra: str) -> subprocess
         "1",
         "--validation-limit",
         "2",
+        *extra,
     ]
-    return subprocess.run(
-        [sys.executable, "-m", "supportbench", "sweep", *args, *extra], capture_output=True, text=True, timeout=600
-    )
 
 
 def tiny_sweep(tmp_path: Path, model: Path, *flags: str) -> Path:
     """Run `supportbench sweep` on the tiny model and a small prepared split; return the sweep folder."""
     small_split(tmp_path, tmp_path / "split")
-    done = sweep_command(tmp_path / "sweep", model, tmp_path / "split", *flags)
+    command = [
+        sys.executable,
+        "-m",
+        "supportbench",
+        *sweep_args(tmp_path / "sweep", model, tmp_path / "split", *flags),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp_path / "sweep"
 
@@ -107,10 +113,12 @@ def test_a_failing_trial_is_recorded_with_its_error_and_the_sweep_goes_on(tiny_m
         (["--data", "."], "no prepared split at ."),
     ],
 )
-def test_sweep_flags_that_make_no_sense_are_refused(flags, message, tiny_model_dir, tmp_path, monkeypatch):
+def test_sweep_flags_that_make_no_sense_are_refused(flags, message, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from supportbench.cli import main
+
     monkeypatch.chdir(tmp_path)
-    done = sweep_command(tmp_path / "s", tiny_model_dir, BITEXT, *flags)
-    assert done.returncode == 2 and message in done.stderr
+    assert main(sweep_args(tmp_path / "s", tiny_model_dir, BITEXT, *flags)) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 
