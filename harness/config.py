@@ -18,6 +18,7 @@ DEFAULT_DATASET = "bitext/Bitext-customer-support-llm-chatbot-training-dataset"
 DATA_ENV = "SUPPORTBENCH_DATA"
 DEFAULT_PRESET = "ci"
 PRESET_PACKAGE, PRESET_DIR = "supportbench.trainers", "presets"
+FACT_MODES = ("fill", "slots")
 SPLIT_MODES = ("heldout", "sample", "notebook")  # notebook: the old name of sample, kept for one release
 GENERATION_EXAMPLES = 50  # the reference recipe's eval size; eval and rank share it
 OPTIONAL_COLUMNS = ("category", "intent", "flags", "tags")  # labels an example may carry, whatever its format
@@ -78,7 +79,15 @@ class DataConfig:
     test_size: int = option(500, "held-out test rows")
     validation_size: int = option(100, "validation rows")
     sample_size: int = option(5000, "rows sampled in sample mode")
-    placeholders: str | None = option(None, "YAML map of {{placeholder}} values merged over the defaults")
+    facts: str = option(
+        "fill",
+        "fill: write one fixed value into every {{placeholder}} (the reference recipe's way); slots: keep company facts "
+        "as {{Slot}} for the profile to fill at serve time, and give customer facts a varied value per example",
+        choices=FACT_MODES,
+    )
+    placeholders: str | None = option(
+        None, "YAML map of {{placeholder}} values merged over the defaults (--facts fill)"
+    )
     columns: str | None = option(
         None,
         "your column names, as target=yours pairs: instruction=customer_message,response=agent_reply,category=queue; "
@@ -125,6 +134,8 @@ class DataConfig:
             self,
             {
                 "mode": self.mode in SPLIT_MODES,
+                "facts": self.facts in FACT_MODES,
+                "placeholders": self.placeholders is None or self.facts == "fill",  # slots mode fills nothing
                 # eval scores the test split and train validates on the other: neither may be empty
                 "test_size": self.test_size > 0,
                 "validation_size": self.validation_size > 0,
@@ -220,6 +231,9 @@ class EvalConfig:
     )
     validation_limit: int = option(
         32, "validation examples generated per candidate decoding, when the run has no frozen decoding yet"
+    )
+    profile: str | None = option(
+        None, "company profile YAML whose values fill the replies' company slots (none: the bundled profile.yaml)"
     )
     base_model: str | None = option(
         None, "score another base model (alias, hub id or folder) alone on the run's split", flag="--model"

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from supportbench.facts.slots import SLOT_COUNTS
 from supportbench.layout import SPLITS
 from supportbench.metrics import word_count
 from supportbench.reports.plots import figure_png
@@ -125,7 +126,21 @@ def markdown(manifest: dict[str, Any], png_name: str) -> str:
     else:
         lines += ["Replaced by typed placeholders before anything was written (values are never stored):", ""]
         lines += _table(("type", "found"), list(pii["found"].items()) or [("(none found)", 0)])
+    lines += ["## Facts", "", _facts_text(manifest.get("placeholders") or {}), ""]
+    if (manifest.get("placeholders") or {}).get("mode") == "slots":
+        by_kind = manifest["placeholders"]["by_kind"]
+        rows = [(SLOT_COUNTS[kind], name, n) for kind in SLOT_COUNTS for name, n in by_kind.get(kind, {}).items()]
+        lines += _table(("kind", "slot", "occurrences"), rows or [("(none found)", "", 0)])
     return "\n".join(lines)
+
+
+def _facts_text(coverage: dict[str, Any]) -> str:
+    if coverage.get("mode") == "slots":
+        return (
+            "`--facts slots`: company facts stay `{{Slot}}` for the company profile to fill at serve time; a customer "
+            "fact a query carries got a value drawn per example, copied into the reply that names it."
+        )
+    return "`--facts fill`: every placeholder got one fixed value (placeholders.yaml), the reference recipe's way."
 
 
 def lengths_png(manifest: dict[str, Any]) -> bytes:

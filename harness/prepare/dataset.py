@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from supportbench.config import DATA_ENV, OPTIONAL_COLUMNS, DataConfig, comma_list
+from supportbench.facts.slots import SLOT_COUNTS, SlotWriter, readable
 from supportbench.files import (
     LOCK_NAME,
     SupportBenchError,
@@ -194,17 +195,24 @@ class PlaceholderFiller:
             self.mapped += 1
             return value
         self.fallback[key] += 1
-        readable = re.sub(r"\s+anonymized$", "", key, flags=re.I).strip()
-        return readable or "the relevant details"
+        return readable(key)
 
     def __call__(self, text: str) -> str:
         """Return text with every placeholder replaced."""
         return PLACEHOLDER.sub(self._replace, text)
 
+    def fill_example(self, example: dict[str, Any]) -> dict[str, Any]:
+        """The example with every placeholder of its exchange and history filled (prepare --facts fill)."""
+        filled = {**example, "instruction": self(example["instruction"]), "response": self(example["response"])}
+        if "history" in example:
+            filled["history"] = [[self(customer), self(agent)] for customer, agent in example["history"]]
+        return filled
+
     def coverage(self) -> dict[str, Any]:
         """Counts of mapped and fallen-back placeholder occurrences, with the top fallback keys."""
         total = self.mapped + sum(self.fallback.values())
         return {
+            "mode": "fill",
             "occurrences": total,
             "mapped": self.mapped,
             "fallback": sum(self.fallback.values()),
@@ -232,15 +240,19 @@ def _not_text(row: dict[str, Any]) -> str | None:
 
 
 def clean_rows(
-    rows, report: LoadReport, filler: PlaceholderFiller, controls: Counter[str], scrub: Callable[[str], str] | None
+    rows,
+    report: LoadReport,
+    filler: PlaceholderFiller | SlotWriter,
+    controls: Counter[str],
+    scrub: Callable[[str], str] | None,
 ) -> list[dict[str, Any]]:
     """Validate fields, drop empty, badly encoded and duplicate examples (recorded), strip control characters
-    (counted in `controls`), replace personal data (`scrub`), and fill placeholders."""
+    (counted in `controls`), replace personal data (`scrub`), then fill placeholders or write slots (`filler`)."""
     kept: list[dict[str, Any]] = []
     first_seen: dict[tuple[Any, ...], int] = {}
 
     def clean(text: str) -> str:
-        return filler(scrub(text.strip()) if scrub else text.strip())
+        return scrub(text.strip()) if scrub else text.strip()
 
     for number, row in rows:
         not_text = _not_text(row)
@@ -283,7 +295,7 @@ def clean_rows(
         if "conversation" in row:
             example["conversation"] = row["conversation"]
             example["history"] = [[clean(customer), clean(agent)] for customer, agent in history]
-        kept.append(example)
+        kept.append(filler.fill_example(example))
     return kept
 
 
@@ -451,7 +463,11 @@ def _prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str
         )
     found_columns, records, report, source_info = load_rows(config.source)
     records, columns, input_kind = _mapped(config, found_columns, records)
-    filler = PlaceholderFiller(load_placeholder_map(config.placeholders))
+    filler = (
+        SlotWriter(config.seed)
+        if config.facts == "slots"
+        else PlaceholderFiller(load_placeholder_map(config.placeholders))
+    )
     scrub = Scrubber(load_rules(config.pii_rules), config.phone_regions()) if config.pii == "scrub" else None
     controls: Counter[str] = Counter()
     if input_kind == "pairs":
@@ -557,12 +573,23 @@ def summary_lines(manifest: dict[str, Any], out_dir: Path) -> list[str]:
         "pii          " + ("off (--pii keep)" if pii["mode"] == "keep" else f"replaced {pii['found'] or 'nothing'}")
     )
     lines.append(f"languages    {dict(list(card_stats['languages'].items())[:5])}")
-    lines.append(
-        f"placeholders {ph['occurrences']} found: {ph['mapped']} mapped ({ph['mapped_share']:.1%}), "
-        f"{ph['fallback']} readable fallback over {ph['fallback_keys']} keys"
-    )
+    lines.append(f"placeholders {facts_line(ph)}")
     lines.append(f"written to   {out_dir}")
     return lines
+
+
+def facts_line(coverage: dict[str, Any]) -> str:
+    """One line on what prepare did with the data's placeholders, for either --facts mode."""
+    if coverage.get("mode") == "slots":
+        kinds = coverage["by_kind"]
+        counted = {kind: sum(kinds.get(kind, {}).values()) for kind in SLOT_COUNTS}
+        return f"{coverage['occurrences']} found (--facts slots): " + ", ".join(
+            f"{n} {SLOT_COUNTS[kind]}" for kind, n in counted.items()
+        )
+    return (
+        f"{coverage['occurrences']} found: {coverage['mapped']} mapped ({coverage['mapped_share']:.1%}), "
+        f"{coverage['fallback']} readable fallback over {coverage['fallback_keys']} keys"
+    )
 
 
 def load_twcs_pairs(path: Path) -> list[dict[str, Any]]:

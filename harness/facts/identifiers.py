@@ -1,0 +1,55 @@
+"""Identifiers in text (phone numbers, e-mails, URLs, order-, invoice- and tracking-like codes, money amounts), and the
+ones a reply states that neither the conversation nor the company profile gave: invented facts. No torch import."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import phonenumbers
+
+PHONE_REGION = "US"  # numbers written without a country code, as prepare's --phone-region defaults
+EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+URL = re.compile(
+    r"(?i)\b(?:https?://|www\.)[^\s<>\"')]+|\b[\w-]+\.(?:com|net|org|io|co|shop|store)\b(?:/[^\s<>\"')]*)?"
+)
+MONEY = re.compile(r"[$€£]\s?\d[\d,]*(?:\.\d{2})?")
+CODE = re.compile(r"(?i)\b[A-Z0-9][A-Z0-9-]{4,}\b")
+MIN_CODE_DIGITS = 5  # an order, invoice or tracking code has at least this many digits; years and times have fewer
+
+
+def _digits(text: str) -> str:
+    return re.sub(r"\D", "", text)
+
+
+def identifiers(text: str) -> set[str]:
+    """The identifiers a text states, normalised: `phone:+18005550199`, `email:…`, `url:…`, `money:$45.00` and
+    `code:98765` (a code by its digits, so `ORD-55501` and `55501` are the same fact)."""
+    found: set[str] = set()
+    covered: list[tuple[int, int]] = []  # a span already read as one identifier is not read again (an e-mail's domain)
+
+    def free(start: int, end: int) -> bool:
+        return not any(start < stop and begin < end for begin, stop in covered)
+
+    for match in phonenumbers.PhoneNumberMatcher(text, PHONE_REGION, leniency=phonenumbers.Leniency.POSSIBLE):
+        found.add("phone:" + phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164))
+        covered.append((match.start, match.end))
+    for pattern, kind in ((EMAIL, "email"), (URL, "url"), (MONEY, "money")):
+        for match in pattern.finditer(text):
+            if not free(*match.span()):
+                continue
+            value = match.group(0).rstrip(".,;:!?").casefold()
+            if kind == "url":
+                value = re.sub(r"^(?:https?://)?(?:www\.)?", "", value).rstrip("/")
+            found.add(f"{kind}:{value.replace(' ', '').replace(',', '')}")
+            covered.append(match.span())
+    for match in CODE.finditer(text):
+        if free(*match.span()) and len(_digits(match.group(0))) >= MIN_CODE_DIGITS:
+            found.add("code:" + _digits(match.group(0)))
+    return found
+
+
+def invented(reply: str, customer_texts: Sequence[str], profile_values: Iterable[str]) -> list[str]:
+    """The identifiers a reply states that appear neither in what the customer wrote nor in the profile's values."""
+    given = set().union(*(identifiers(t) for t in [*customer_texts, *profile_values]))
+    return sorted(identifiers(reply) - given)
