@@ -31,10 +31,13 @@ METRICS = {
     "placeholder_leak": Metric("placeholder leak share", False, GEN_TASK),
     "response_words": Metric("mean reply words", True, GEN_TASK),
     "at_cap": Metric("share of replies at the token cap", False, GEN_TASK),
+    # an identifier (phone, e-mail, URL, order-like code, amount) neither the conversation nor the profile gave
+    "invented_facts": Metric("invented-fact share", False, GEN_TASK),
     "perplexity": Metric("perplexity (reply tokens)", False, PPL_TASK),
     "perplexity_fulltext": Metric("perplexity (full text, prompt included)", False, PPL_TASK),
 }
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+SHARE_METRICS = ("invented_facts",)  # per-reply 0/1 checks that get intervals and paired differences like ROUGE
 
 
 @lru_cache(maxsize=1)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import stats
 
-from supportbench.metrics import ROUGE_TYPES, bleu_from_statistics, bleu_statistics
+from supportbench.metrics import ROUGE_TYPES, SHARE_METRICS, bleu_from_statistics, bleu_statistics
 
 if TYPE_CHECKING:
     from supportbench.layout import StatsRecord
@@ -131,7 +131,7 @@ def eval_statistics(
     and the per-example perplexity log-likelihoods."""
     n = len(samples)
     metrics: dict[str, Any] = {}
-    for metric in ROUGE_TYPES:
+    for metric in (*ROUGE_TYPES, *(m for m in SHARE_METRICS if samples and f"base_{m}" in samples[0])):
         base = [s[f"base_{metric}"] for s in samples]
         tuned = [s[f"finetuned_{metric}"] for s in samples]
         metrics[metric] = {

@@ -25,6 +25,7 @@ from supportbench.decoding import (
 from supportbench.deploy.export import exported_format
 from supportbench.device import pick_device, process_state
 from supportbench.evaluation.score_cache import base_score_key, load_scores, store_scores
+from supportbench.facts.profile import profile_for_run, reply_as_shown
 from supportbench.files import (
     SupportBenchError,
     ensure_writable_dir,
@@ -39,13 +40,12 @@ from supportbench.files import (
 )
 from supportbench.launch import world_size
 from supportbench.layout import RunDir
-from supportbench.metrics import GEN_TASK, METRICS, PPL_TASK, ROUGE_TYPES, corpus_bleu
+from supportbench.metrics import GEN_TASK, METRICS, PPL_TASK, ROUGE_TYPES, SHARE_METRICS, corpus_bleu
 from supportbench.models import model_path, resolve
 from supportbench.prepare.dataset import instruction_hash, load_twcs_pairs
 from supportbench.reports.plots import forest_png
 from supportbench.stats import eval_statistics, evidence_lines, mean_interval, paired_difference, signed_interval
 from supportbench.tasks import include_path
-from supportbench.templates import cut_at_stops
 
 
 def check_no_leakage(run: RunDir) -> dict[str, Any]:
@@ -341,7 +341,7 @@ def _raw(sample: dict[str, Any]) -> str:
 def _example(sample: dict[str, Any]) -> dict[str, Any]:
     """What eval keeps of one lm-eval generation sample: the doc's fields, the cut reply and its ROUGE scores."""
     doc = sample["doc"]
-    reply = cut_at_stops(_raw(sample), doc["stop"])[0]
+    reply = reply_as_shown(_raw(sample), doc["stop"], doc["customer_texts"], doc["profile"] or None)[0]
     fields = {
         "id": doc["id"],
         "category": doc["category"],
@@ -349,7 +349,8 @@ def _example(sample: dict[str, Any]) -> dict[str, Any]:
         "language": doc.get("language", ""),
     }
     fields["query"] = doc["instruction"]
-    return {**fields, "reference": doc["reference"], "reply": reply, **{m: sample[m] for m in ROUGE_TYPES}}
+    scores = {m: sample[m] for m in (*ROUGE_TYPES, *SHARE_METRICS)}
+    return {**fields, "reference": doc["reference"], "reply": reply, **scores}
 
 
 def per_category(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -387,14 +388,20 @@ def check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
     trained = run.require_adapter()
     check_backend(config, run.adapter)
     ensure_writable_dir(run.path)
-    metadata: dict[str, Any] = {"template": trained.template, "data_dir": str(run.data.path)}
+    profile = profile_for_run(run.data, config.profile)  # a slot the model can emit and the profile lacks: refused
+    metadata: dict[str, Any] = {
+        "template": trained.template,
+        "data_dir": str(run.data.path),
+        "profile": config.profile,
+        "profile_sha256": profile.sha256,
+    }
     leakage = check_no_leakage(run)
     if config.twcs:
         load_twcs_pairs(Path(config.twcs))  # missing, header-only or pairless files fail here, not after a model load
         metadata["twcs"] = config.twcs
     else:
         metadata["sha256"] = leakage["test_sha256"]  # the task refuses to load other bytes than these
-    return {"metadata": metadata, "leakage": leakage, "trained": trained}
+    return {"metadata": metadata, "leakage": leakage, "trained": trained, "profile": profile.record()}
 
 
 def resolve_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> tuple[EvalConfig, str]:
@@ -449,8 +456,8 @@ def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
             **{k: s[k] for k in ("id", "category", "intent", "language", "query", "reference")},
             "base": s["reply"],
             "finetuned": by_id[s["id"]]["reply"],
-            **{f"base_{m}": s[m] for m in ROUGE_TYPES},
-            **{f"finetuned_{m}": by_id[s["id"]][m] for m in ROUGE_TYPES},
+            **{f"base_{m}": s[m] for m in (*ROUGE_TYPES, *SHARE_METRICS)},
+            **{f"finetuned_{m}": by_id[s["id"]][m] for m in (*ROUGE_TYPES, *SHARE_METRICS)},
         }
         for s in base["samples"]
     ]
@@ -465,6 +472,7 @@ def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
         "config": asdict(config),
         "processes": world_size(),  # the examples were split over this many processes; the scores do not depend on it
         "leakage_check": checked["leakage"],
+        "profile": checked["profile"],  # the company profile that filled replies and references
         "n": {"base": base["n"], "finetuned": tuned["n"]},
         "caps": {
             "generation_limit": config.limit,

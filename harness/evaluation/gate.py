@@ -25,6 +25,7 @@ SHARE_RULES = {
     "max_runon_share": "runon",
     "max_placeholder_leak_share": "placeholder_leak",
     "max_at_cap_share": "at_cap",
+    "max_invented_fact_share": "invented_facts",
 }
 COMPARABLE_SETTINGS = ("limit", "ppl_limit", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "seed")
 
@@ -71,6 +72,7 @@ class GateRules(_Rule):
     max_runon_share: FiniteNumber | None = None
     max_placeholder_leak_share: FiniteNumber | None = None
     max_at_cap_share: FiniteNumber | None = None
+    max_invented_fact_share: FiniteNumber | None = None
     max_reply_p50_s: FiniteNumber | None = None
 
 

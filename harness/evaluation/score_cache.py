@@ -24,10 +24,13 @@ SCORING_CODE = (
     "supportbench.evaluation.evaluator",
     "supportbench.metrics",
     "supportbench.templates",
+    "supportbench.facts.slots",
+    "supportbench.facts.identifiers",
 )
 VERSIONED = ("lm_eval", "transformers", "torch", "peft")
 RESULT_KEYS = {"metrics", "samples", "n", "perplexity_items"}  # what eval reads from a base model's cached scores
-NOT_BASE_SETTINGS = ("base_model", "twcs", "validation_limit")  # what the base model's test scores never depend on
+# what the base model's test scores never depend on (the profile counts by its hash, not its path)
+NOT_BASE_SETTINGS = ("base_model", "twcs", "validation_limit", "profile")
 PARALLELISM = ("tensor_parallel_size", "data_parallel_size")  # how the work is spread, never what it scores
 
 
@@ -59,6 +62,7 @@ def base_score_key(model: str, metadata: dict[str, Any], config: EvalConfig) -> 
     parts = {
         "weights": weights_digest(model),
         "template": metadata["template"],
+        "profile": metadata.get("profile_sha256"),
         "data": metadata.get("sha256") or sha256_file(Path(metadata["twcs"])),
         "task": _folder_digest(include_path() / "customer_support"),
         "code": {name: sha256_file(Path(importlib.util.find_spec(name).origin)) for name in SCORING_CODE},

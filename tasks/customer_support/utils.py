@@ -13,12 +13,15 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
 from supportbench.config import DataConfig, resolve_source
+from supportbench.facts.identifiers import invented
+from supportbench.facts.profile import cached_profile, reply_as_shown
+from supportbench.facts.slots import fill_reply
 from supportbench.files import SupportBenchError, sha256_file
 from supportbench.layout import SplitDir
 from supportbench.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
 from supportbench.models import cache_root
 from supportbench.prepare.dataset import load_twcs_pairs, prepare
-from supportbench.templates import cut_at_stops, get_template, has_runon, row_turns
+from supportbench.templates import get_template, has_runon, row_turns
 
 SPLIT_ENV = "SUPPORTBENCH_SPLIT"
 
@@ -75,9 +78,12 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
     template = get_template(metadata.get("template", "seed"))
     stops = template.stop_sequences(tokenizer)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    profile = cached_profile(metadata.get("profile"))
     docs = []
     for row in _rows(metadata):
-        prompt = template.prompt(row_turns(row), tokenizer)
+        turns = row_turns(row)
+        customer_texts = [turn.customer for turn in turns]
+        prompt = template.prompt(turns, tokenizer)
         target = template.target(row["response"])
         context = prompt.rstrip()  # lm-eval moves the prompt's trailing spaces into the continuation
         docs.append(
@@ -87,7 +93,10 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
                 "intent": row["intent"],
                 "language": row.get("language", ""),
                 "instruction": row["instruction"],
-                "reference": row["response"],
+                # what a customer would read: the reference's slots filled like the reply's (fill_reply)
+                "reference": fill_reply(row["response"], customer_texts, profile.values).text,
+                "customer_texts": customer_texts,
+                "profile": metadata.get("profile") or "",
                 "prompt": prompt,
                 "target": target,
                 "stop": stops,
@@ -100,10 +109,16 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
+def shown_reply(doc: dict[str, Any], raw: str) -> tuple[str, bool]:
+    """A generation as the customer sees it (facts.profile.shown_reply), with whether a stop was hit."""
+    return reply_as_shown(raw, doc["stop"], doc["customer_texts"], doc["profile"] or None)
+
+
 def process_gen(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
-    """Score one generation: cut at the template's stops, then ROUGE, BLEU pair and format checks."""
+    """Score one generation as the customer sees it (shown_reply): ROUGE, BLEU pair, format and fact checks."""
     raw = results[0]
-    reply, stopped = cut_at_stops(raw, doc["stop"])
+    reply, stopped = shown_reply(doc, raw)
+    profile_values = cached_profile(doc["profile"] or None).values.values()
     return {
         **rouge(reply, doc["reference"]),
         "bleu": (reply, doc["reference"]),
@@ -111,6 +126,7 @@ def process_gen(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
         "placeholder_leak": float(leaks_placeholder(reply)),
         "response_words": float(word_count(reply)),
         "at_cap": float(at_cap(raw, doc)),
+        "invented_facts": float(bool(invented(reply, doc["customer_texts"], profile_values))),
     }
 
 
