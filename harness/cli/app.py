@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> None:
     """Serve the Gradio app for a run."""
     from supportbench.serve.app import serve
 
-    serve(Path(args.run), port=args.port, share=args.share, backend=args.serve)
+    serve(Path(args.run), port=args.port, share=args.share, backend=args.serve, profile=args.profile)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,4 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="auto",
         choices=("auto", "exported", "transformers"),
         help="auto: the exported model when `supportbench export` wrote one, else transformers (default: %(default)s)",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="company profile YAML that fills the replies' company slots (default: the bundled profile.yaml)",
     )

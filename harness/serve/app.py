@@ -182,7 +182,9 @@ def require_free_port(port: int) -> None:
             ) from None
 
 
-def serve(run_dir: Path, port: int = 7860, share: bool = False, backend: str = "auto") -> None:
+def serve(
+    run_dir: Path, port: int = 7860, share: bool = False, backend: str = "auto", profile: str | None = None
+) -> None:
     """Serve the app and the OpenAI-compatible /v1 routes on 127.0.0.1 (analytics off; a share link only if asked)."""
     require_free_port(port)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -190,7 +192,7 @@ def serve(run_dir: Path, port: int = 7860, share: bool = False, backend: str = "
     import uvicorn
     from fastapi import FastAPI
 
-    assistant = Assistant(Path(run_dir), serve=backend, max_batch=CONCURRENT_REQUESTS)
+    assistant = Assistant(Path(run_dir), serve=backend, max_batch=CONCURRENT_REQUESTS, profile=profile)
     print(f"serving {assistant.model_name}: {assistant.backend.description}")
     blocks = build_app(Path(run_dir), assistant)
     if share:  # a share link needs Gradio's own launcher, which serves the UI only

@@ -17,6 +17,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCrite
 from supportbench.decoding import serving_decoding
 from supportbench.deploy import runtime
 from supportbench.deploy.export import exported_format
+from supportbench.facts.profile import profile_for_run
+from supportbench.facts.slots import StreamingFiller
 from supportbench.files import SupportBenchError, read_json
 from supportbench.layout import RunDir
 from supportbench.models import load_model
@@ -154,9 +156,18 @@ class ExportedBackend:
 class Assistant:
     """Prompts, input checks and stop handling for streamed replies; the backend owns the weights."""
 
-    def __init__(self, run_dir: Path, context_tokens: int = 1024, serve: str = "auto", max_batch: int = 8):
+    def __init__(
+        self,
+        run_dir: Path,
+        context_tokens: int = 1024,
+        serve: str = "auto",
+        max_batch: int = 8,
+        profile: str | Path | None = None,
+    ):
         run = RunDir(run_dir)
         trained = run.require_adapter()
+        # the company facts replies are filled with; a slot the model can emit and the profile lacks fails here
+        self.profile = profile_for_run(run.data, profile)
         self.model_name = trained.base_model
         if serve not in ("auto", "exported", "transformers"):
             raise SupportBenchError(f"unknown serving backend {serve!r}; choose auto, exported or transformers")
@@ -238,10 +249,14 @@ class Assistant:
         max_new_tokens: int,
         cancel: threading.Event | None = None,
     ) -> Iterator[Chunk]:
-        """Yield the reply as it grows, cut at the template's stop sequences; the last chunk says why it ended.
+        """Yield the reply as it grows, cut at the template's stop sequences, its fact slots filled from the profile
+        and the conversation (a slot still open is held back); the last chunk says why it ended.
         Generation stops at the next token once `cancel` is set (a server sets it when its client leaves) or when
         the generator is closed; it never waits for the garbage collector."""
-        prompt = self.prompt(self.clean_history(history), self.check_query(query), max_new_tokens)
+        turns = self.clean_history(history)
+        query = self.check_query(query)
+        prompt = self.prompt(turns, query, max_new_tokens)
+        filler = StreamingFiller([*(turn.customer for turn in turns), query], self.profile.values)
         cancel = cancel or threading.Event()
         raw, reply, stopped = "", "", False
         try:
@@ -250,12 +265,13 @@ class Assistant:
                 reply = self._without_special_tokens(cut)
                 if stopped:
                     break
-                yield Chunk(reply)
+                yield Chunk(filler.visible(reply).text)
         finally:
             cancel.set()  # reply complete, or the consumer left: either way, no more tokens
         produced = self.count_tokens(raw)
         at_cap = not stopped and produced >= max_new_tokens
-        yield Chunk(reply, "length" if at_cap else "stop", self.count_tokens(prompt), produced)
+        shown = filler.visible(reply, final=True).text
+        yield Chunk(shown, "length" if at_cap else "stop", self.count_tokens(prompt), produced)
 
     def stream(
         self,
