@@ -25,7 +25,7 @@ from supportbench.decoding import (
 from supportbench.deploy.export import exported_format
 from supportbench.device import pick_device, process_state
 from supportbench.evaluation.score_cache import base_score_key, load_scores, store_scores
-from supportbench.facts.profile import profile_for_run, reply_as_shown
+from supportbench.facts.profile import profile_for_run
 from supportbench.files import (
     SupportBenchError,
     ensure_writable_dir,
@@ -46,6 +46,7 @@ from supportbench.prepare.dataset import instruction_hash, load_twcs_pairs
 from supportbench.reports.plots import forest_png
 from supportbench.stats import eval_statistics, evidence_lines, mean_interval, paired_difference, signed_interval
 from supportbench.tasks import include_path
+from supportbench.tasks.customer_support.utils import shown_reply
 
 
 def check_no_leakage(run: RunDir) -> dict[str, Any]:
@@ -341,7 +342,7 @@ def _raw(sample: dict[str, Any]) -> str:
 def _example(sample: dict[str, Any]) -> dict[str, Any]:
     """What eval keeps of one lm-eval generation sample: the doc's fields, the cut reply and its ROUGE scores."""
     doc = sample["doc"]
-    reply = reply_as_shown(_raw(sample), doc["stop"], doc["customer_texts"], doc["profile"] or None)[0]
+    reply = shown_reply(doc, _raw(sample))[0]
     fields = {
         "id": doc["id"],
         "category": doc["category"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 import phonenumbers
 
@@ -22,7 +23,8 @@ def _digits(text: str) -> str:
     return re.sub(r"\D", "", text)
 
 
-def identifiers(text: str) -> set[str]:
+@lru_cache(maxsize=4096)  # eval reads the same profile values and customer texts for every reply
+def identifiers(text: str) -> frozenset[str]:
     """The identifiers a text states, normalised: `phone:+18005550199`, `email:…`, `url:…`, `money:$45.00` and
     `code:98765` (a code by its digits, so `ORD-55501` and `55501` are the same fact)."""
     found: set[str] = set()
@@ -46,10 +48,10 @@ def identifiers(text: str) -> set[str]:
     for match in CODE.finditer(text):
         if free(*match.span()) and len(_digits(match.group(0))) >= MIN_CODE_DIGITS:
             found.add("code:" + _digits(match.group(0)))
-    return found
+    return frozenset(found)
 
 
 def invented(reply: str, customer_texts: Sequence[str], profile_values: Iterable[str]) -> list[str]:
     """The identifiers a reply states that appear neither in what the customer wrote nor in the profile's values."""
-    given = set().union(*(identifiers(t) for t in [*customer_texts, *profile_values]))
+    given = frozenset().union(*(identifiers(t) for t in [*customer_texts, *profile_values]))
     return sorted(identifiers(reply) - given)

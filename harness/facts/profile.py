@@ -3,18 +3,15 @@ export; the bundled profile.yaml holds the values `prepare --facts fill` writes.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from supportbench.facts.slots import fill_reply, vocabulary
+from supportbench.facts.slots import vocabulary
 from supportbench.files import SupportBenchError, read_user_yaml, read_yaml
 from supportbench.layout import SplitDir
-from supportbench.templates import cut_at_stops
 
 BUNDLED = "the bundled profile.yaml"
 
@@ -60,7 +57,7 @@ def load_profile(path: str | Path | None = None) -> Profile:
 
 def emitted_company_slots(split: SplitDir) -> list[str]:
     """The company slots that a split's training replies kept as slots (prepare --facts slots): the ones a model
-    trained on it can emit. None for a split prepared with --facts fill."""
+    trained on it can emit; none for a split prepared with --facts fill."""
     return split.manifest().get("placeholders", {}).get("company_slots", [])
 
 
@@ -69,16 +66,3 @@ def profile_for_run(split: SplitDir, path: str | Path | None) -> Profile:
     profile = load_profile(path)
     profile.require(emitted_company_slots(split), f"the training replies of {split.path} use")
     return profile
-
-
-@functools.lru_cache(maxsize=4)
-def cached_profile(path: str | None) -> Profile:
-    """load_profile, once per path in a process (lm-eval scores every reply through it)."""
-    return load_profile(path)
-
-
-def reply_as_shown(raw: str, stops: list[str], customer_texts: Sequence[str], profile: str | None) -> tuple[str, bool]:
-    """A generation as the customer sees it: cut at the template's stops, its slots filled from the profile file (None:
-    the bundled one) and the conversation (fill_reply); with whether a stop was hit."""
-    reply, stopped = cut_at_stops(raw, stops)
-    return fill_reply(reply, customer_texts, cached_profile(profile).values).text, stopped

@@ -73,9 +73,9 @@ def readable(key: str) -> str:
 class Vocabulary:
     """The declared slots, looked up by any of their spellings (case and spacing ignored)."""
 
-    def __init__(self, slots: Iterable[Slot], spellings: Mapping[str, Slot]):
+    def __init__(self, slots: Iterable[Slot], by_spelling: Mapping[str, Slot]):
         self.slots = {slot.name: slot for slot in slots}
-        self.by_spelling = {_key(s): slot for s, slot in spellings.items()}
+        self.by_spelling = dict(by_spelling)  # keyed by _key(spelling)
 
     def lookup(self, key: str) -> Slot | None:
         """The slot a placeholder names exactly (any declared spelling), or None."""
@@ -99,7 +99,7 @@ def _key(spelling: str) -> str:
 def vocabulary() -> Vocabulary:
     """The bundled slots.yaml, checked: two kinds, no spelling claimed by two slots, valid patterns."""
     declared = read_bundled_yaml("supportbench.facts", "slots.yaml")
-    slots, spellings = [], {}
+    slots, by_spelling = [], {}
     for kind in KINDS:
         for name, spec in (declared.get(kind) or {}).items():
             try:
@@ -110,11 +110,11 @@ def vocabulary() -> Vocabulary:
                 name, kind, pattern, tuple(spec.get("formats", ())), tuple(spec.get("values", ())), spec.get("phrase")
             )
             for spelling in [name, *spec.get("spellings", ())]:
-                if _key(spelling) in {_key(s) for s in spellings}:
+                if _key(spelling) in by_spelling:
                     raise SupportBenchError(f"slots.yaml: the spelling {spelling!r} is declared twice")
-                spellings[spelling] = slot
+                by_spelling[_key(spelling)] = slot
             slots.append(slot)
-    return Vocabulary(slots, spellings)
+    return Vocabulary(slots, by_spelling)
 
 
 @dataclass

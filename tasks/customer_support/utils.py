@@ -14,14 +14,14 @@ from lm_eval.api.task import ConfigurableTask
 
 from supportbench.config import DataConfig, resolve_source
 from supportbench.facts.identifiers import invented
-from supportbench.facts.profile import cached_profile, reply_as_shown
+from supportbench.facts.profile import Profile, load_profile
 from supportbench.facts.slots import fill_reply
 from supportbench.files import SupportBenchError, sha256_file
 from supportbench.layout import SplitDir
 from supportbench.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
 from supportbench.models import cache_root
 from supportbench.prepare.dataset import load_twcs_pairs, prepare
-from supportbench.templates import get_template, has_runon, row_turns
+from supportbench.templates import cut_at_stops, get_template, has_runon, row_turns
 
 SPLIT_ENV = "SUPPORTBENCH_SPLIT"
 
@@ -78,7 +78,7 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
     template = get_template(metadata.get("template", "seed"))
     stops = template.stop_sequences(tokenizer)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    profile = cached_profile(metadata.get("profile"))
+    profile = _profile(metadata.get("profile") or "")
     docs = []
     for row in _rows(metadata):
         turns = row_turns(row)
@@ -109,16 +109,23 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
+@functools.lru_cache(maxsize=4)
+def _profile(path: str) -> Profile:
+    return load_profile(path or None)  # "": the bundled profile
+
+
 def shown_reply(doc: dict[str, Any], raw: str) -> tuple[str, bool]:
-    """A generation as the customer sees it (facts.profile.shown_reply), with whether a stop was hit."""
-    return reply_as_shown(raw, doc["stop"], doc["customer_texts"], doc["profile"] or None)
+    """A generation as the customer sees it: cut at the template's stops, its slots filled from the doc's profile and
+    the customer's texts (fill_reply); with whether a stop was hit."""
+    reply, stopped = cut_at_stops(raw, doc["stop"])
+    return fill_reply(reply, doc["customer_texts"], _profile(doc["profile"]).values).text, stopped
 
 
 def process_gen(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
     """Score one generation as the customer sees it (shown_reply): ROUGE, BLEU pair, format and fact checks."""
     raw = results[0]
     reply, stopped = shown_reply(doc, raw)
-    profile_values = cached_profile(doc["profile"] or None).values.values()
+    profile_values = _profile(doc["profile"]).values.values()
     return {
         **rouge(reply, doc["reference"]),
         "bleu": (reply, doc["reference"]),
