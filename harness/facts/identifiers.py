@@ -55,3 +55,10 @@ def invented(reply: str, customer_texts: Sequence[str], profile_values: Iterable
     """The identifiers a reply states that appear neither in what the customer wrote nor in the profile's values."""
     given = frozenset().union(*(identifiers(t) for t in [*customer_texts, *profile_values]))
     return sorted(identifiers(reply) - given)
+
+
+def copied(reply: str, customer_texts: Sequence[str], reference: str) -> bool | None:
+    """Whether a reply states every identifier the customer gave that the reference states (the exact value); None
+    where the reference states none of them, so the check does not apply."""
+    needed = frozenset().union(*(identifiers(t) for t in customer_texts)) & identifiers(reference)
+    return needed <= identifiers(reply) if needed else None

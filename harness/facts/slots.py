@@ -237,6 +237,30 @@ def fill_reply(text: str, customer_texts: Sequence[str], profile: Mapping[str, s
     return Filled(filled, counts)
 
 
+MIN_PHRASE_WORDS = 3  # a neutral phrase this long ("your order number") reads as the fact; "the date" does not
+
+
+def _states(text: str, value: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(value.casefold())}(?!\w)", text.casefold()) is not None
+
+
+def stated_slots(text: str, customer_texts: Sequence[str], profile: Mapping[str, str]) -> frozenset[str]:
+    """The declared slots a filled text states: a company slot by its profile value, a customer slot by the value the
+    customer wrote or by its neutral phrase (of MIN_PHRASE_WORDS words or more); slot recall and precision compare
+    a reply's with its reference's."""
+    stated = set()
+    for name, slot in vocabulary().slots.items():
+        if slot.kind == "company":
+            values = [profile[name]] if name in profile else []
+        else:
+            value = slot.found_in(customer_texts)
+            phrase = slot.phrase if slot.phrase and len(slot.phrase.split()) >= MIN_PHRASE_WORDS else None
+            values = [v for v in (value, phrase) if v]
+        if any(_states(text, v) for v in values):
+            stated.add(name)
+    return frozenset(stated)
+
+
 class StreamingFiller:
     """Fill a reply as it streams: text from a `{{` that has not closed (or a last `{`) is held back until it closes or
     the reply ends, so a client never sees half a slot."""

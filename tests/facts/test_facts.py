@@ -9,9 +9,9 @@ import pytest
 from helpers import BITEXT, small_split, trained_copy
 
 from supportbench.config import DataConfig
-from supportbench.facts.identifiers import identifiers, invented
+from supportbench.facts.identifiers import copied, identifiers, invented
 from supportbench.facts.profile import load_profile, profile_for_run
-from supportbench.facts.slots import SlotWriter, StreamingFiller, fill_reply
+from supportbench.facts.slots import SlotWriter, StreamingFiller, fill_reply, stated_slots
 from supportbench.files import SupportBenchError
 from supportbench.layout import SplitDir
 from supportbench.prepare.dataset import prepare
@@ -102,6 +102,21 @@ def test_invented_facts_are_identifiers_neither_the_conversation_nor_the_profile
     ]
     assert identifiers("ORD-55501") == identifiers("order 55501") == {"code:55501"}
     assert identifiers("open from 9 AM to 6 PM since 2024") == set()
+
+
+def test_copied_facts_and_stated_slots_compare_a_reply_with_its_reference():
+    said = ["I want a refund for order 55501"]
+    reference = fill_reply("Order {{Order Number}}: call {{Customer Support Phone Number}}.", said, PROFILE).text
+    assert reference == "Order 55501: call 1-800-555-0199."
+    assert copied("Your order ORD-55501 is refunded.", said, reference) is True  # the same code, another spelling
+    assert copied("Your order ORD-98765 is refunded.", said, reference) is False
+    assert copied("Order 55501 is refunded.", [], reference) is None  # the customer gave nothing: does not apply
+    assert stated_slots(reference, said, PROFILE) == {"Order Number", "Customer Support Phone Number"}
+    assert stated_slots("Call 1-800-555-0199 about your order number.", [], PROFILE) == {
+        "Customer Support Phone Number",
+        "Order Number",  # the neutral phrase names the fact
+    }
+    assert stated_slots("Order ORD-98765, see the date.", said, PROFILE) == set()  # a constant, a vague phrase
 
 
 def test_a_profile_missing_a_slot_the_model_can_emit_is_refused_naming_it(tmp_path):
