@@ -33,11 +33,18 @@ METRICS = {
     "at_cap": Metric("share of replies at the token cap", False, GEN_TASK),
     # an identifier (phone, e-mail, URL, order-like code, amount) neither the conversation nor the profile gave
     "invented_facts": Metric("invented-fact share", False, GEN_TASK),
+    # where the customer gave an identifier that the reference uses: the reply uses that exact value
+    "copied_facts": Metric("copied-fact share", True, GEN_TASK),
+    # the declared slots (slots.yaml) the reference states that the reply states too, and the converse
+    "slot_recall": Metric("slot recall", True, GEN_TASK),
+    "slot_precision": Metric("slot precision", True, GEN_TASK),
     "perplexity": Metric("perplexity (reply tokens)", False, PPL_TASK),
     "perplexity_fulltext": Metric("perplexity (full text, prompt included)", False, PPL_TASK),
 }
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-SHARE_METRICS = ("invented_facts",)  # per-reply 0/1 checks that get intervals and paired differences like ROUGE
+# per-reply scores that get intervals and paired differences like ROUGE; all but invented_facts apply to some replies
+# only (None elsewhere), and are compared on the examples where both models have one
+REPLY_METRICS = ("invented_facts", "copied_facts", "slot_recall", "slot_precision")
 
 
 @lru_cache(maxsize=1)

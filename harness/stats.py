@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import stats
 
-from supportbench.metrics import ROUGE_TYPES, SHARE_METRICS, bleu_from_statistics, bleu_statistics
+from supportbench.metrics import REPLY_METRICS, ROUGE_TYPES, bleu_from_statistics, bleu_statistics
 
 if TYPE_CHECKING:
     from supportbench.layout import StatsRecord
@@ -85,26 +85,38 @@ def examples_for_half_width(differences: Sequence[float], half_width: float) -> 
     return max(2, math.ceil((stats.norm.ppf(1 - (1 - CONFIDENCE) / 2) * spread / half_width) ** 2))
 
 
-def slices(samples: list[dict[str, Any]], key: str, seed: int) -> list[dict[str, Any]]:
-    """Per-slice n, ROUGE-L means and paired difference; slices under MIN_SLICE examples are marked, not judged."""
+def slices(samples: list[dict[str, Any]], key: str, seed: int, metric: str = "rougeL") -> list[dict[str, Any]]:
+    """Per-slice n, a metric's means and paired difference (over the examples where both models have the metric);
+    slices under MIN_SLICE examples are marked, not judged."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for sample in samples:
         groups[sample.get(key) or "(unknown)"].append(sample)  # samples of older evals carry no language
     rows = []
     for name, members in sorted(groups.items()):
-        base = [s["base_rougeL"] for s in members]
-        tuned = [s["finetuned_rougeL"] for s in members]
+        base, tuned = _paired(members, metric)
+        if not base:
+            continue
         row: dict[str, Any] = {
             key: name,
-            "n": len(members),
+            "n": len(base),
             "base": float(np.mean(base)),
             "finetuned": float(np.mean(tuned)),
         }
-        row["judged"] = len(members) >= MIN_SLICE
-        if len(members) > 1:  # an interval needs two examples; judging one needs MIN_SLICE
+        row["judged"] = len(base) >= MIN_SLICE
+        if len(base) > 1:  # an interval needs two examples; judging one needs MIN_SLICE
             row["difference"] = paired_difference(base, tuned, seed)
         rows.append(row)
     return rows
+
+
+def _paired(samples: list[dict[str, Any]], metric: str) -> tuple[list[float], list[float]]:
+    """Base and fine-tuned values of a metric on the examples where both have one (a check may not apply)."""
+    pairs = [
+        (s[f"base_{metric}"], s[f"finetuned_{metric}"])
+        for s in samples
+        if s.get(f"base_{metric}") is not None and s.get(f"finetuned_{metric}") is not None
+    ]
+    return [b for b, _ in pairs], [t for _, t in pairs]
 
 
 def perplexity_intervals(pairs: Sequence[Sequence[float]], seed: int) -> dict[str, dict[str, float]]:
@@ -131,9 +143,10 @@ def eval_statistics(
     and the per-example perplexity log-likelihoods."""
     n = len(samples)
     metrics: dict[str, Any] = {}
-    for metric in (*ROUGE_TYPES, *(m for m in SHARE_METRICS if samples and f"base_{m}" in samples[0])):
-        base = [s[f"base_{metric}"] for s in samples]
-        tuned = [s[f"finetuned_{metric}"] for s in samples]
+    for metric in (*ROUGE_TYPES, *REPLY_METRICS):
+        base, tuned = _paired(samples, metric)  # an older eval's samples carry no fact metrics
+        if metric in REPLY_METRICS and len(base) < 2:  # a bootstrap interval needs two examples
+            continue
         metrics[metric] = {
             "base": mean_interval(base, seed),
             "finetuned": mean_interval(tuned, seed),
@@ -166,6 +179,7 @@ def eval_statistics(
         "win_rate_rougeL": {**mean_interval(wins, seed), "ties": sum(d == 0 for d in differences)},
         "by_category": slices(samples, "category", seed),
         "by_intent": by_intent,
+        "by_intent_invented_facts": slices(samples, "intent", seed, "invented_facts"),
         "by_language": slices(samples, "language", seed),
         "min_slice": MIN_SLICE,
         "worst_intents": [r["intent"] for r in judged[:5]],

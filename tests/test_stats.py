@@ -99,3 +99,22 @@ def test_bleu_from_per_reply_statistics_equals_corpus_bleu():
     rows = bleu_statistics(predictions, references)
     assert bleu_from_statistics(rows) == corpus_bleu(predictions, references)
     assert bleu_from_statistics(rows[:1]) == corpus_bleu(predictions[:1], references[:1])
+
+
+def test_a_check_that_applies_to_some_replies_is_paired_only_where_both_models_have_it():
+    base = np.full(30, 0.2)
+    samples = _samples(base, base + 0.1, ["a_x"] * 20 + ["b_y"] * 10)
+    for i, sample in enumerate(samples):
+        sample["base_invented_facts"], sample["finetuned_invented_facts"] = float(i < 20), float(i < 5)
+        applies = i % 3 == 0  # the customer gave an identifier the reference uses in 10 of the 30
+        sample["base_copied_facts"] = 0.0 if applies else None
+        sample["finetuned_copied_facts"] = (1.0 if i < 15 else 0.0) if applies else None
+        sample["base_slot_recall"] = sample["finetuned_slot_recall"] = None  # no reference states a slot
+    stats = eval_statistics(samples, [[-10.0, 5, -8.0, 5]] * 30, seed=0)
+    copied = stats["metrics"]["copied_facts"]
+    assert copied["difference"]["n"] == 10 and copied["base"]["mean"] == 0.0
+    assert copied["finetuned"]["mean"] == pytest.approx(5 / 10)  # i = 0, 3, 6, 9, 12 copy; 15 .. 27 do not
+    assert "slot_recall" not in stats["metrics"]  # applies to no example: absent, not zero
+    invented = {row["intent"]: row for row in stats["by_intent_invented_facts"]}
+    assert invented["a_x"]["base"] == 1.0 and invented["a_x"]["finetuned"] == 0.25 and invented["b_y"]["base"] == 0.0
+    assert stats["metrics"]["invented_facts"]["difference"]["mean"] == pytest.approx(5 / 30 - 20 / 30)

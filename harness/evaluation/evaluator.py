@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import importlib.util
+import math
 import time
 from collections import defaultdict
 from dataclasses import asdict
@@ -40,7 +41,7 @@ from supportbench.files import (
 )
 from supportbench.launch import world_size
 from supportbench.layout import RunDir
-from supportbench.metrics import GEN_TASK, METRICS, PPL_TASK, ROUGE_TYPES, SHARE_METRICS, corpus_bleu
+from supportbench.metrics import GEN_TASK, METRICS, PPL_TASK, REPLY_METRICS, ROUGE_TYPES, corpus_bleu
 from supportbench.models import model_path, resolve
 from supportbench.prepare.dataset import instruction_hash, load_twcs_pairs
 from supportbench.reports.plots import forest_png
@@ -75,8 +76,9 @@ def check_no_leakage(run: RunDir) -> dict[str, Any]:
     return {"train_sha256": hashes["train"], "test_sha256": hashes["test"], "shared_instructions": shared}
 
 
-def _metric(task_results: dict[str, Any], name: str) -> float:
-    return next(v for k, v in task_results.items() if k.split(",")[0] == name)
+def _metric(task_results: dict[str, Any], name: str) -> float | None:
+    value = next(v for k, v in task_results.items() if k.split(",")[0] == name)
+    return None if isinstance(value, float) and math.isnan(value) else value  # NaN: no reply the check applies to
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
@@ -350,7 +352,7 @@ def _example(sample: dict[str, Any]) -> dict[str, Any]:
         "language": doc.get("language", ""),
     }
     fields["query"] = doc["instruction"]
-    scores = {m: sample[m] for m in (*ROUGE_TYPES, *SHARE_METRICS)}
+    scores = {m: _metric(sample, m) for m in (*ROUGE_TYPES, *REPLY_METRICS)}
     return {**fields, "reference": doc["reference"], "reply": reply, **scores}
 
 
@@ -368,9 +370,9 @@ def per_category(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return table
 
 
-def delta_pct(base: float, tuned: float) -> float | None:
-    """Relative change in percent (None when the base is zero)."""
-    return None if base == 0 else 100.0 * (tuned - base) / base
+def delta_pct(base: float | None, tuned: float | None) -> float | None:
+    """Relative change in percent (None when the base is zero, or either was not measured)."""
+    return None if not base or tuned is None else 100.0 * (tuned - base) / base
 
 
 def check_adapter_applied(base: dict[str, Any], tuned: dict[str, Any]) -> None:
@@ -457,8 +459,8 @@ def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
             **{k: s[k] for k in ("id", "category", "intent", "language", "query", "reference")},
             "base": s["reply"],
             "finetuned": by_id[s["id"]]["reply"],
-            **{f"base_{m}": s[m] for m in (*ROUGE_TYPES, *SHARE_METRICS)},
-            **{f"finetuned_{m}": by_id[s["id"]][m] for m in (*ROUGE_TYPES, *SHARE_METRICS)},
+            **{f"base_{m}": s[m] for m in (*ROUGE_TYPES, *REPLY_METRICS)},
+            **{f"finetuned_{m}": by_id[s["id"]][m] for m in (*ROUGE_TYPES, *REPLY_METRICS)},
         }
         for s in base["samples"]
     ]
@@ -588,7 +590,7 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
     header = f"{summary['dataset']}: {n['generation']} generated, {n['perplexity']} for perplexity"
     if "finetuned" not in summary["metrics"]:
         return [f"{summary['base_model']} (base, {summary['template']} template), {header}"] + [
-            f"{metric:<22}{value:>10.4f}" for metric, value in base.items()
+            f"{metric:<22}{_shown(value):>10}" for metric, value in base.items()
         ]
     tuned, delta = summary["metrics"]["finetuned"], summary["delta_pct"]
     if summary["base_scores"]["from_cache"]:
@@ -598,13 +600,17 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
     lines.append(f"{'metric':<22}{'base':>10}{'fine-tuned':>12}{'change':>10}")
     for metric in (m for m in METRICS if m in base):  # the declared order, also for base scores read from the cache
         change = "n/a" if delta[metric] is None else f"{delta[metric]:+.1f}%"
-        lines.append(f"{metric:<22}{base[metric]:>10.4f}{tuned[metric]:>12.4f}{change:>10}")
+        lines.append(f"{metric:<22}{_shown(base[metric]):>10}{_shown(tuned[metric]):>12}{change:>10}")
     if summary["greedy_reference"]:
         greedy = summary["greedy_reference"]["metrics"]
         shown = ", ".join(f"{m} {greedy[m]:.4f}" for m in ("rougeL", "bleu", "at_cap", "runon"))
         lines.append(f"fine-tuned, plain greedy (reference): {shown}")
     scored = RunDir(Path(summary["run"])).evaluation(ood=summary["dataset"] == "twcs")
     return lines + evidence_lines(scored.statistics())[:2]
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"  # None: no reply the check applies to
 
 
 def exported_lines(summary: dict[str, Any]) -> list[str]:

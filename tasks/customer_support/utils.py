@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,9 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
 from supportbench.config import DataConfig, resolve_source
-from supportbench.facts.identifiers import invented
+from supportbench.facts.identifiers import copied, invented
 from supportbench.facts.profile import Profile, load_profile
-from supportbench.facts.slots import fill_reply
+from supportbench.facts.slots import fill_reply, stated_slots
 from supportbench.files import SupportBenchError, sha256_file
 from supportbench.layout import SplitDir
 from supportbench.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
@@ -86,6 +87,7 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
         prompt = template.prompt(turns, tokenizer)
         target = template.target(row["response"])
         context = prompt.rstrip()  # lm-eval moves the prompt's trailing spaces into the continuation
+        reference = fill_reply(row["response"], customer_texts, profile.values).text
         docs.append(
             {
                 "id": row["id"],
@@ -94,7 +96,8 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
                 "language": row.get("language", ""),
                 "instruction": row["instruction"],
                 # what a customer would read: the reference's slots filled like the reply's (fill_reply)
-                "reference": fill_reply(row["response"], customer_texts, profile.values).text,
+                "reference": reference,
+                "reference_slots": sorted(stated_slots(reference, customer_texts, profile.values)),
                 "customer_texts": customer_texts,
                 "profile": metadata.get("profile") or "",
                 "prompt": prompt,
@@ -121,11 +124,18 @@ def shown_reply(doc: dict[str, Any], raw: str) -> tuple[str, bool]:
     return fill_reply(reply, doc["customer_texts"], _profile(doc["profile"]).values).text, stopped
 
 
+def share(part: int, whole: int) -> float:
+    """part / whole, NaN where whole is 0: the check does not apply to this reply (lm-eval's nanmean skips it)."""
+    return part / whole if whole else math.nan
+
+
 def process_gen(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
     """Score one generation as the customer sees it (shown_reply): ROUGE, BLEU pair, format and fact checks."""
     raw = results[0]
     reply, stopped = shown_reply(doc, raw)
-    profile_values = _profile(doc["profile"]).values.values()
+    profile = _profile(doc["profile"]).values
+    used = copied(reply, doc["customer_texts"], doc["reference"])
+    wanted, stated = set(doc["reference_slots"]), stated_slots(reply, doc["customer_texts"], profile)
     return {
         **rouge(reply, doc["reference"]),
         "bleu": (reply, doc["reference"]),
@@ -133,7 +143,10 @@ def process_gen(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
         "placeholder_leak": float(leaks_placeholder(reply)),
         "response_words": float(word_count(reply)),
         "at_cap": float(at_cap(raw, doc)),
-        "invented_facts": float(bool(invented(reply, doc["customer_texts"], profile_values))),
+        "invented_facts": float(bool(invented(reply, doc["customer_texts"], profile.values()))),
+        "copied_facts": math.nan if used is None else float(used),
+        "slot_recall": share(len(wanted & stated), len(wanted)),
+        "slot_precision": share(len(wanted & stated), len(stated)),
     }
 
 
