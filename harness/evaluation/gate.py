@@ -27,6 +27,7 @@ SHARE_RULES = {
     "max_at_cap_share": "at_cap",
     "max_invented_fact_share": "invented_facts",
 }
+MIN_SHARE_RULES = {"min_copied_fact_share": "copied_facts"}
 COMPARABLE_SETTINGS = ("limit", "ppl_limit", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "seed")
 
 
@@ -73,6 +74,7 @@ class GateRules(_Rule):
     max_placeholder_leak_share: FiniteNumber | None = None
     max_at_cap_share: FiniteNumber | None = None
     max_invented_fact_share: FiniteNumber | None = None
+    min_copied_fact_share: FiniteNumber | None = None
     max_reply_p50_s: FiniteNumber | None = None
 
 
@@ -196,6 +198,13 @@ def apply_rules(run_dir: Path, baseline: str | None = None, rules_file: str | No
             share = tuned.get(metric)
             shown = "not measured (an eval older than the metric)" if share is None else f"{share:.4f}"
             check(name, shown, f"<= {most}", share is not None and share <= most)
+    for name, metric in MIN_SHARE_RULES.items():
+        if (least := getattr(rules, name)) is not None:
+            share = tuned.get(metric)
+            if share is None:  # a check that applies to no test example cannot pass or fail
+                check(name, "no test example it applies to (or an eval older than the metric)", f">= {least}", None)
+            else:
+                check(name, f"{share:.4f}", f">= {least}", share >= least)
     if (limit := rules.max_reply_p50_s) is not None:
         if run.bench_summary.is_file():
             p50 = run.bench_record().variants["merged"].e2e_p50_s

@@ -21,6 +21,7 @@ def evaluated_run(
     test_sha: str = "a" * 64,
     limit: int = 50,
     at_cap: float | None = 0.0,
+    copied_facts: float | None = None,
 ) -> RunDir:
     """A run folder holding only what the gate reads: a training manifest and an eval with statistics."""
     run = RunDir(folder)
@@ -53,7 +54,9 @@ def evaluated_run(
             "n": {side: {"generation": len(samples), "perplexity": len(samples)} for side in ("base", "finetuned")},
             "timing_s": {side: {"generation": 1.0, "perplexity": 1.0} for side in ("base", "finetuned")},
             "caps": {"generation_limit": limit, "perplexity_limit": None, "max_new_tokens": 100},
-            "metrics": {"finetuned": {"runon": 0.0, "placeholder_leak": 0.0, "at_cap": at_cap}},
+            "metrics": {
+                "finetuned": {"runon": 0.0, "placeholder_leak": 0.0, "at_cap": at_cap, "copied_facts": copied_facts}
+            },
         },
     )
     return run
@@ -98,6 +101,21 @@ def test_too_many_replies_at_the_token_cap_fail_the_gate(tmp_path, scores, capsy
     assert "gate FAILED: max_at_cap_share" in capsys.readouterr().err
     (check,) = [c for c in read_json(run.gate("json"))["checks"] if c["rule"] == "max_at_cap_share"]
     assert check["value"].startswith(shown) and check["needs"] == "<= 0.02"
+
+
+@pytest.mark.parametrize(
+    "copied_facts, exit_code, passed, shown",
+    [(0.95, 0, True, "0.9500"), (0.5, 1, False, "0.5000"), (None, 0, None, "no test")],
+)
+def test_the_copied_fact_rule_fails_a_model_that_drops_the_customers_fact(
+    tmp_path, scores, copied_facts, exit_code, passed, shown
+):
+    run = evaluated_run(tmp_path / "run", *scores, copied_facts=copied_facts)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("min_copied_fact_share: 0.9\n")
+    assert main(["gate", "--run", str(run.path), "--rules", str(rules)]) == exit_code
+    (check,) = read_json(run.gate("json"))["checks"]
+    assert check["passed"] is passed and check["value"].startswith(shown) and check["needs"] == ">= 0.9"
 
 
 def test_impossible_rules_fail_and_name_the_rule(tmp_path, scores, capsys):
