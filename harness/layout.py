@@ -340,6 +340,9 @@ class RunDir:
     )
     export_dir = property(lambda self: self.path / "export", doc="Deployable models written by `supportbench export`.")
     export_manifest = property(lambda self: self.path / "export" / "export.json", doc="What export wrote, and how.")
+    export_profile = property(
+        lambda self: self.path / "export" / "profile.yaml", doc="The company profile export checked, for deployments."
+    )
     merged = property(lambda self: self.path / "export" / "merged", doc="Adapter merged into the base: safetensors.")
     exported_eval = property(lambda self: EvalDir(self.path / "eval" / "exported"), doc="The exported model's scores.")
 

@@ -17,6 +17,7 @@ from supportbench.decoding import serving_decoding
 from supportbench.deploy import runtime
 from supportbench.deploy.export import exported_format, folder_mib
 from supportbench.device import machine_info
+from supportbench.facts.profile import profile_for_run
 from supportbench.files import SupportBenchError, read_json, write_json
 from supportbench.layout import VARIANTS, RunDir
 from supportbench.models import materialize, model_path, resolve
@@ -170,10 +171,12 @@ def summarize_replies(timings: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
-def run_suite(run_dir: Path, quick: bool) -> dict[str, Any]:
-    """Run the pytest-benchmark suite against a run; write its JSON and a summary into RUN/bench/."""
+def run_suite(run_dir: Path, quick: bool, profile: str | Path | None = None) -> dict[str, Any]:
+    """Run the pytest-benchmark suite against a run; write its JSON and a summary, naming the company profile the
+    served replies are filled with (filling is not timed: it costs microseconds), into RUN/bench/."""
     run = RunDir(Path(run_dir).resolve())
     run.require_adapter()
+    filled_with = profile_for_run(run.data, profile).record()  # refused before minutes of benchmarks
     run.bench_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SUPPORTBENCH_BENCH_RUN": str(run.path), "SUPPORTBENCH_BENCH_QUICK": "1" if quick else "0"}
     command = [
@@ -199,7 +202,14 @@ def run_suite(run_dir: Path, quick: bool) -> dict[str, Any]:
     summary = summarize_benchmarks(read_json(run.bench_raw))
     for variant, row in summary["variants"].items():
         row["size_on_disk_mib"] = disk_mib(run, variant)
-    summary.update({"machine": machine_info(), "quick": quick, "queries": bench_queries(run, 3 if quick else 8)})
+    summary.update(
+        {
+            "machine": machine_info(),
+            "quick": quick,
+            "queries": bench_queries(run, 3 if quick else 8),
+            "profile": filled_with,
+        }
+    )
     write_json(run.bench_summary, summary)
     return summary
 

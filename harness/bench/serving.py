@@ -19,10 +19,13 @@ SERVING_ARMS = (("transformers", 1), ("exported", 1), ("exported", 8))  # (backe
 
 
 def serving_load(
-    run_dir: Path, users: tuple[int, ...] = (1, 8, 16), max_new_tokens: int | None = None
+    run_dir: Path,
+    users: tuple[int, ...] = (1, 8, 16),
+    max_new_tokens: int | None = None,
+    profile: str | Path | None = None,
 ) -> dict[str, Any]:
     """The app's assistant under concurrent users, per serving arm, in one process: aggregate tokens/s, reply p50/p95;
-    replies are capped at max_new_tokens (none: the run's reply budget, as in the app)."""
+    replies are capped at max_new_tokens (none: the run's reply budget, as in the app) and filled from the profile."""
     import threading
 
     from supportbench.serve.assistant import Assistant
@@ -32,7 +35,8 @@ def serving_load(
     queries = bench_queries(run, max(users))
     arms = []
     for backend, max_batch in SERVING_ARMS:
-        assistant = Assistant(run.path, serve=backend, max_batch=max_batch)
+        assistant = Assistant(run.path, serve=backend, max_batch=max_batch, profile=profile)
+        filled_with = assistant.profile.record()
         assistant.reply([], queries[0], finetuned=True, max_new_tokens=8)  # warm-up
         for count in users:
             results: list[tuple[float, int]] = []
@@ -70,7 +74,7 @@ def serving_load(
     one_at_a_time = {a["users"]: a["tokens_per_s"] for a in arms if a["backend"] == "transformers"}
     for arm in arms:
         arm["throughput_vs_transformers"] = round(arm["tokens_per_s"] / one_at_a_time[arm["users"]], 2)
-    result = {"max_new_tokens": max_new_tokens, "arms": arms, "machine": machine_info()}
+    result = {"max_new_tokens": max_new_tokens, "arms": arms, "profile": filled_with, "machine": machine_info()}
     write_json(run.serving_load, result)
     return result
 

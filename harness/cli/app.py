@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from supportbench.cli.options import add_command
+from supportbench.cli.options import add_command, add_profile_option
 
 DEFAULT_PORT = 7860
 
@@ -47,8 +47,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=("auto", "exported", "transformers"),
         help="auto: the exported model when `supportbench export` wrote one, else transformers (default: %(default)s)",
     )
-    p.add_argument(
-        "--profile",
-        default=None,
-        help="company profile YAML that fills the replies' company slots (default: the bundled profile.yaml)",
-    )
+    add_profile_option(p, "in the chat, the comparison and the /v1 API")

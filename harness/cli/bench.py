@@ -7,7 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from supportbench.cli.options import add_command
+from supportbench.cli.options import add_command, add_profile_option
 from supportbench.config import DEFAULT_PRESET, preset_names
 from supportbench.files import SupportBenchError
 
@@ -55,13 +55,13 @@ def run(args: argparse.Namespace) -> None:
     elif mode == "serving":
         from supportbench.bench.serving import serving_load, summary_lines
 
-        print("\n".join(summary_lines(serving_load(run_dir.path), run_dir)))
+        print("\n".join(summary_lines(serving_load(run_dir.path, profile=args.profile), run_dir)))
     else:
         if importlib.util.find_spec("pytest_benchmark") is None:
             raise SupportBenchError(BENCH_INSTALL_HINT)
         from supportbench.bench.latency import run_suite, summary_lines
 
-        print("\n".join(summary_lines(run_suite(run_dir.path, quick=args.quick), run_dir)))
+        print("\n".join(summary_lines(run_suite(run_dir.path, quick=args.quick, profile=args.profile), run_dir)))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -94,6 +94,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--steps", type=int, default=3, help="train-throughput: timed optimizer steps per arm (default: %(default)s)"
     )
+    add_profile_option(p, "latency and serving: recorded in the bench record; serving fills every reply with it")
     p.add_argument("--serving", action="store_true", help="deprecated: use `bench serving`")
     p.add_argument("--train-throughput", action="store_true", help="deprecated: use `bench train-throughput`")
     p.add_argument(

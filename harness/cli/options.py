@@ -90,6 +90,17 @@ def add_launch_options(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def add_profile_option(parser: argparse.ArgumentParser, use: str) -> None:
+    """--profile: the company profile YAML whose values fill the replies' company slots."""
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="FILE",
+        help=f"company profile YAML that fills the replies' company slots, {use}; refused when it lacks a slot the "
+        "run's model can emit (default: the bundled profile.yaml)",
+    )
+
+
 def add_command(
     sub: argparse._SubParsersAction, name: str, run: Any, help: str, description: str, run_folder: str | None = None
 ) -> argparse.ArgumentParser:

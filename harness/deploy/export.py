@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from supportbench.deploy import runtime
+from supportbench.facts.profile import Profile, profile_for_run
 from supportbench.files import (
     SupportBenchError,
+    atomic_write_text,
     ensure_writable_dir,
     folder_lock,
     sha256_file,
@@ -28,18 +30,21 @@ def folder_mib(folder: Path) -> float:
     return round(sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20, 1)
 
 
-def export_run(run_dir: Path, to: str = runtime.FORMAT, force: bool = False) -> dict[str, Any]:
+def export_run(
+    run_dir: Path, to: str = runtime.FORMAT, force: bool = False, profile: str | Path | None = None
+) -> dict[str, Any]:
     """Write RUN/export/merged (transformers, vLLM, TGI) and, for a runtime format, the fine-tuned and base models in it,
-    holding the run's lock."""
+    with the company profile beside them (checked against the run), holding the run's lock."""
     with folder_lock(Path(run_dir), "export"):
-        return _export_run(run_dir, to, force)
+        return _export_run(run_dir, to, force, profile)
 
 
-def _export_run(run_dir: Path, to: str, force: bool) -> dict[str, Any]:
+def _export_run(run_dir: Path, to: str, force: bool, profile_file: str | Path | None) -> dict[str, Any]:
     if to not in FORMATS:
         raise SupportBenchError(f"unknown export format {to!r}; choose one of {', '.join(FORMATS)}")
     run = RunDir(Path(run_dir).resolve())
     trained = run.require_adapter()
+    profile = profile_for_run(run.data, profile_file)  # a slot the model can emit and the profile lacks: refused now
     ensure_writable_dir(run.path)
     if run.export_manifest.is_file() and not force:
         try:
@@ -48,7 +53,7 @@ def _export_run(run_dir: Path, to: str, force: bool) -> dict[str, Any]:
             print(f"exporting again: {err}")
         else:
             if done.adapter_sha256 == _adapter_sha(run) and to in done.formats:
-                return done.model_dump()
+                return _with_profile(run, done.model_dump(), profile)  # the weights stand; the profile may be new
     if to != "merged":
         runtime.require_ctranslate2()  # before minutes of merging
     timings: dict[str, float] = {}
@@ -81,7 +86,15 @@ def _export_run(run_dir: Path, to: str, force: bool) -> dict[str, Any]:
             "size_mib": folder_mib(run.exported(to)),
         }
     manifest["timing_s"] = timings
-    write_json(run.export_manifest, manifest)
+    return _with_profile(run, manifest, profile)
+
+
+def _with_profile(run: RunDir, manifest: dict[str, Any], profile: Profile) -> dict[str, Any]:
+    """Write the profile into export/ and the record naming it (its hash), each atomically; the record last."""
+    if manifest.get("profile") != profile.record() or not run.export_profile.is_file():
+        atomic_write_text(run.export_profile, profile.text)
+        manifest = {**manifest, "profile": profile.record()}
+        write_json(run.export_manifest, manifest)
     return manifest
 
 
@@ -103,8 +116,10 @@ def exported_format(run_dir: Path) -> str | None:
 
 
 def summary_lines(manifest: dict[str, Any]) -> list[str]:
-    """One line per written format: its quantization or dtype, size and folder."""
-    return [
+    """One line per written format: its quantization or dtype, size and folder; then the profile beside them."""
+    lines = [
         f"{name:<18} {written.get('quantization', written.get('dtype')):<8} {written['size_mib']:>8.1f} MiB  {written['path']}"
         for name, written in manifest["formats"].items()
     ]
+    profile = manifest["profile"]
+    return [*lines, f"{'profile':<18} {profile['source']} (sha256 {profile['sha256'][:12]}), copied to export/"]

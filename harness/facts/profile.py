@@ -18,11 +18,13 @@ BUNDLED = "the bundled profile.yaml"
 
 @dataclass(frozen=True)
 class Profile:
-    """Company slot values, with where they came from and the sha256 of the file's bytes (recorded in the run)."""
+    """Company slot values, with where they came from, the file's text and the sha256 of its bytes (recorded in the
+    run)."""
 
     values: dict[str, str]
     source: str
     sha256: str
+    text: str
 
     def require(self, names: list[str], why: str) -> None:
         """Refuse a profile that lacks any of these company slots, listing every missing one."""
@@ -52,7 +54,7 @@ def load_profile(path: str | Path | None = None) -> Profile:
             f"company profile {source}: {', '.join(unknown)} are not company slots; the slots are {', '.join(company)}"
         )
     values = {str(k): str(v) for k, v in parsed.items()}
-    return Profile(values, source, hashlib.sha256(data).hexdigest())
+    return Profile(values, source, hashlib.sha256(data).hexdigest(), data.decode("utf-8"))
 
 
 def emitted_company_slots(split: SplitDir) -> list[str]:
