@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from supportbench.config import TrainConfig
 
@@ -89,28 +99,11 @@ CHAT_TEMPLATE = (
 SPECIAL = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
 
-def build_tiny_model(
-    folder: Path, corpus: list[str], seed: int = 0, layers: int = 2, hidden: int = 32, stuck: bool = False
-) -> Path:
-    """Write config, random weights and a tokenizer trained on corpus into folder; return folder. A `stuck` model
-    has zero embeddings, so every logit is 0 and greedy decoding repeats token 0 up to the cap, never stopping."""
+def _tiny_llama(tokenizer: Any, seed: int, layers: int = 2, hidden: int = 32) -> Any:
+    """A random Llama model of a few thousand parameters for this tokenizer."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    core = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    core.normalizer = normalizers.Lowercase()
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    core.train_from_iterator(corpus, trainers.WordLevelTrainer(vocab_size=2000, special_tokens=SPECIAL))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="<unk>",
-        eos_token="<|im_end|>",
-        bos_token="<|im_start|>",
-        pad_token="<pad>",
-        additional_special_tokens=["<|endoftext|>"],
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -125,10 +118,125 @@ def build_tiny_model(
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
-    model = LlamaForCausalLM(config)
+    return LlamaForCausalLM(config)
+
+
+def _fast_tokenizer(core: Any) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|endoftext|>"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(
+    folder: Path, corpus: list[str], seed: int = 0, layers: int = 2, hidden: int = 32, stuck: bool = False
+) -> Path:
+    """Write config, random weights and a tokenizer trained on corpus into folder; return folder. A `stuck` model
+    has zero embeddings, so every logit is 0 and greedy decoding repeats token 0 up to the cap, never stopping."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    core = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    core.train_from_iterator(corpus, trainers.WordLevelTrainer(vocab_size=2000, special_tokens=SPECIAL))
+    tokenizer = _fast_tokenizer(core)
+    model = _tiny_llama(tokenizer, seed, layers, hidden)
     if stuck:
         with torch.no_grad():
             model.get_input_embeddings().weight.zero_()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def build_replying_model(folder: Path, queries: list[str], reply: str, max_steps: int = 600) -> Path:
+    """A tiny model trained (until its loss is near zero) to answer each query (seed template) with `reply` and an end
+    of turn, with a byte-level tokenizer that decodes text exactly (`{{Slot}}` included); return folder."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from supportbench.templates import Turn, get_template
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    core.train_from_iterator(
+        [*queries, reply], trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL, initial_alphabet=alphabet)
+    )
+    tokenizer = _fast_tokenizer(core)
+    model = _tiny_llama(tokenizer, seed=0)
+    template = get_template("seed")
+    answer = tokenizer(template.completion(reply) + tokenizer.eos_token)["input_ids"]
+    prompts = [tokenizer(template.prompt([Turn(q)]))["input_ids"] for q in queries]
+    width = max(map(len, prompts)) + len(answer)
+    pad = tokenizer.pad_token_id
+    inputs = torch.tensor([[*p, *answer] + [pad] * (width - len(p) - len(answer)) for p in prompts])
+    labels = torch.tensor([[-100] * len(p) + answer + [-100] * (width - len(p) - len(answer)) for p in prompts])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(max_steps):  # the reply's tokens only: the queries themselves cannot be learned
+        rows = slice(step % 4, None, 4)
+        loss = model(input_ids=inputs[rows], attention_mask=(inputs[rows] != pad).long(), labels=labels[rows]).loss
+        if loss.item() < 0.01:
+            break
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    else:
+        raise AssertionError(f"the tiny model did not learn its reply in {max_steps} steps (loss {loss.item():.3f})")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def free_port() -> int:
+    """A localhost port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_app(run: Path, *flags: str) -> Iterator[str]:
+    """`supportbench app` on a free localhost port: yield its URL once it answers, stop it afterwards."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "supportbench", "app", "--run", str(run), "--port", str(port), *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("the app did not start within 120 s")
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def post_json(url: str, body: dict | bytes, timeout: float = 120) -> tuple[int, bytes, float]:
+    """POST JSON (or raw bytes): the status, the body and the seconds it took, HTTP errors included."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read(), time.perf_counter() - started
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), time.perf_counter() - started

@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import build_tiny_model, fixture_rows, small_split, tiny_config, trained_copy
+from helpers import (
+    build_tiny_model,
+    fixture_rows,
+    post_json,
+    serve_app,
+    small_split,
+    tiny_config,
+    trained_copy,
+)
 
 from supportbench.deploy.export import export_run
 from supportbench.files import SupportBenchError
@@ -87,43 +93,12 @@ def test_run_without_adapter_fails_at_startup(tiny_run, tmp_path):
         Assistant(broken)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _serve(run: Path, *flags: str):
-    """`supportbench app` on a free localhost port: yield its URL once it answers, stop it afterwards."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "supportbench", "app", "--run", str(run), "--port", str(port), *flags],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("the app did not start within 120 s")
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def served(tiny_run, tmp_path_factory):
     """The app serving a copy of the tiny run exported to CTranslate2 int8."""
     run = trained_copy(tiny_run, tmp_path_factory.mktemp("served") / "run")
     export_run(run)
-    yield from _serve(run)
+    yield from serve_app(run)
 
 
 def test_eight_concurrent_requests_all_complete(served):
@@ -135,17 +110,6 @@ def test_eight_concurrent_requests_all_complete(served):
     assert len(results) == 8 and all("total" in r[3] for r in results)
 
 
-def _post(url: str, body: dict | bytes, timeout: float = 120) -> tuple[int, bytes, float]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
-    started = time.perf_counter()
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read(), time.perf_counter() - started
-    except urllib.error.HTTPError as err:
-        return err.code, err.read(), time.perf_counter() - started
-
-
 def test_openai_endpoint_over_http(served):
     url = served + "v1/chat/completions"
     body = {
@@ -153,13 +117,13 @@ def test_openai_endpoint_over_http(served):
         "messages": [{"role": "user", "content": "please help me cancel order"}],
         "max_tokens": 8,
     }
-    status, payload, _ = _post(url, body)
+    status, payload, _ = post_json(url, body)
     answer = json.loads(payload)
     assert status == 200 and answer["object"] == "chat.completion" and answer["usage"]["completion_tokens"] <= 8
-    status, payload, _ = _post(url, {**body, "stream": True})
+    status, payload, _ = post_json(url, {**body, "stream": True})
     events = [line.removeprefix("data: ") for line in payload.decode().splitlines() if line.startswith("data: ")]
     assert status == 200 and events[-1] == "[DONE]" and json.loads(events[-2])["choices"][0]["finish_reason"]
-    status, payload, _ = _post(url, {"messages": []})
+    status, payload, _ = post_json(url, {"messages": []})
     assert status == 400 and "non-empty" in json.loads(payload)["error"]["message"]
 
 
@@ -170,7 +134,7 @@ def test_load_of_8_then_16_concurrent_chat_completions(served):
     for users in (8, 16):
         started = time.perf_counter()
         with ThreadPoolExecutor(users) as pool:
-            results = list(pool.map(lambda i: _post(url, body, timeout=240), range(users)))
+            results = list(pool.map(lambda i: post_json(url, body, timeout=240), range(users)))
         wall = time.perf_counter() - started
         assert [status for status, _, _ in results] == [200] * users
         tokens = sum(json.loads(payload)["usage"]["completion_tokens"] for _, payload, _ in results)
@@ -222,7 +186,7 @@ def test_browser_session_through_all_three_tabs(served):
 
 def _gradio_call(served: str, api_name: str, data: list) -> str:
     """One call of a Gradio endpoint over its REST API: POST the inputs, then read the event stream to its end."""
-    status, payload, _ = _post(f"{served}gradio_api/call/{api_name}", {"data": data})
+    status, payload, _ = post_json(f"{served}gradio_api/call/{api_name}", {"data": data})
     assert status == 200, payload
     event_id = json.loads(payload)["event_id"]
     with urllib.request.urlopen(f"{served}gradio_api/call/{api_name}/{event_id}", timeout=120) as response:
@@ -284,7 +248,7 @@ def test_malformed_api_requests_get_400_with_the_reason(served, body, message):
     url = served + "v1/chat/completions"
     for stream in (False, True):
         data = body if not stream or not body.startswith(b"{") else body[:-1] + b', "stream": true}'
-        status, payload, _ = _post(url, data)
+        status, payload, _ = post_json(url, data)
         assert status == 400, (status, payload[:200])
         assert message in json.loads(payload)["error"]["message"]
 
@@ -348,7 +312,7 @@ def never_stopping_run(tmp_path_factory) -> Path:
 def test_a_client_that_leaves_a_stream_stops_its_generation(never_stopping_run):
     """Over real HTTP, on the one-request-at-a-time transformers backend: streams whose clients closed the socket
     must not hold up the next request (before the fix, each one generated on to its cap)."""
-    server = _serve(never_stopping_run, "--serve", "transformers")
+    server = serve_app(never_stopping_run, "--serve", "transformers")
     url = next(server) + "v1/chat/completions"
     try:
         long = {"messages": [{"role": "user", "content": "please help me cancel order"}], "max_tokens": 480}
