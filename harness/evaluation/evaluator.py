@@ -7,7 +7,7 @@ import importlib.metadata
 import importlib.util
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -344,7 +344,7 @@ def _raw(sample: dict[str, Any]) -> str:
 def _example(sample: dict[str, Any]) -> dict[str, Any]:
     """What eval keeps of one lm-eval generation sample: the doc's fields, the cut reply and its ROUGE scores."""
     doc = sample["doc"]
-    reply = shown_reply(doc, _raw(sample))[0]
+    filled = shown_reply(doc, _raw(sample))[0]
     fields = {
         "id": doc["id"],
         "category": doc["category"],
@@ -353,7 +353,13 @@ def _example(sample: dict[str, Any]) -> dict[str, Any]:
     }
     fields["query"] = doc["instruction"]
     scores = {m: _metric(sample, m) for m in (*ROUGE_TYPES, *REPLY_METRICS)}
-    return {**fields, "reference": doc["reference"], "reply": reply, **scores}
+    return {**fields, "reference": doc["reference"], "reply": filled.text, "slot_fills": dict(filled.counts), **scores}
+
+
+def slot_fills(samples: list[dict[str, Any]]) -> dict[str, int]:
+    """How the replies' slots were filled, summed (fill_reply's counts: from the profile, from the conversation, a
+    neutral phrase, mapped to the nearest slot, unknown, an open `{{` dropped); empty for cached older scores."""
+    return dict(sum((Counter(s.get("slot_fills", {})) for s in samples), Counter()))
 
 
 def per_category(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -484,6 +490,7 @@ def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
         },
         "decoding": {**asdict(decoding), "label": decoding.label(), "source": decoding_source},
         "metrics": {"base": base["metrics"], "finetuned": tuned["metrics"]},
+        "slot_fills": {"base": slot_fills(base["samples"]), "finetuned": slot_fills(tuned["samples"])},
         # the fine-tuned model decoded plain greedy, when the chosen decoding differs
         "greedy_reference": tuned["greedy_reference"],
         "delta_pct": {m: delta_pct(base["metrics"][m], tuned["metrics"][m]) for m in base["metrics"]},
@@ -605,6 +612,8 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
         greedy = summary["greedy_reference"]["metrics"]
         shown = ", ".join(f"{m} {greedy[m]:.4f}" for m in ("rougeL", "bleu", "at_cap", "runon"))
         lines.append(f"fine-tuned, plain greedy (reference): {shown}")
+    if fills := summary.get("slot_fills", {}).get("finetuned"):
+        lines.append("fine-tuned slots filled: " + ", ".join(f"{how} {n}" for how, n in sorted(fills.items())))
     scored = RunDir(Path(summary["run"])).evaluation(ood=summary["dataset"] == "twcs")
     return lines + evidence_lines(scored.statistics())[:2]
 

@@ -16,7 +16,7 @@ from lm_eval.api.task import ConfigurableTask
 from supportbench.config import DataConfig, resolve_source
 from supportbench.facts.identifiers import copied, invented
 from supportbench.facts.profile import Profile, load_profile
-from supportbench.facts.slots import fill_reply, stated_slots
+from supportbench.facts.slots import Filled, fill_reply, stated_slots
 from supportbench.files import SupportBenchError, sha256_file
 from supportbench.layout import SplitDir
 from supportbench.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
@@ -117,11 +117,11 @@ def _profile(path: str) -> Profile:
     return load_profile(path or None)  # "": the bundled profile
 
 
-def shown_reply(doc: dict[str, Any], raw: str) -> tuple[str, bool]:
+def shown_reply(doc: dict[str, Any], raw: str) -> tuple[Filled, bool]:
     """A generation as the customer sees it: cut at the template's stops, its slots filled from the doc's profile and
-    the customer's texts (fill_reply); with whether a stop was hit."""
+    the customer's texts (fill_reply, which counts how each slot was filled); with whether a stop was hit."""
     reply, stopped = cut_at_stops(raw, doc["stop"])
-    return fill_reply(reply, doc["customer_texts"], _profile(doc["profile"]).values).text, stopped
+    return fill_reply(reply, doc["customer_texts"], _profile(doc["profile"]).values), stopped
 
 
 def share(part: int, whole: int) -> float:
@@ -132,7 +132,8 @@ def share(part: int, whole: int) -> float:
 def process_gen(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
     """Score one generation as the customer sees it (shown_reply): ROUGE, BLEU pair, format and fact checks."""
     raw = results[0]
-    reply, stopped = shown_reply(doc, raw)
+    filled, stopped = shown_reply(doc, raw)
+    reply = filled.text
     profile = _profile(doc["profile"]).values
     used = copied(reply, doc["customer_texts"], doc["reference"])
     wanted, stated = set(doc["reference_slots"]), stated_slots(reply, doc["customer_texts"], profile)

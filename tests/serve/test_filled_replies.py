@@ -3,17 +3,18 @@ by the exported model, over the OpenAI API and in a real browser, always filled,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
 
 import pytest
-from helpers import build_replying_model, fixture_rows, post_json, serve_app, small_split, tiny_config
+from helpers import build_replying_model, fixture_rows, post_json, serve_app, small_split, tiny_config, trained_copy
 
 from supportbench.cli import main
 from supportbench.deploy.export import export_run
 from supportbench.facts.profile import load_profile
-from supportbench.files import read_json
+from supportbench.files import read_json, read_jsonl
 from supportbench.layout import RunDir
 from supportbench.serve.assistant import Assistant
 from supportbench.trainers.lora import train
@@ -55,6 +56,23 @@ def test_export_copies_the_profile_it_checked_beside_the_models(slot_run):
     assert run.export_profile.read_bytes() == profile.read_bytes()
     recorded = read_json(run.export_manifest)["profile"]
     assert recorded == {"source": str(profile), "sha256": hashlib.sha256(profile.read_bytes()).hexdigest()}
+
+
+def test_eval_scores_the_filled_replies_and_counts_how_each_slot_was_filled(slot_run, tmp_path):
+    from supportbench.config import EvalConfig
+    from supportbench.evaluation.evaluator import evaluate_run
+
+    run, profile = slot_run
+    copy = RunDir(trained_copy(run.path, tmp_path / "run"))
+    config = EvalConfig(limit=4, gen_batch_size=4, max_new_tokens=48, repetition_penalty=1.0, no_repeat_ngram_size=0)
+    summary = evaluate_run(copy.path, dataclasses.replace(config, profile=str(profile)))
+    fills = summary["slot_fills"]["finetuned"]
+    assert (
+        fills["company"] == 2 * 4 and fills.get("customer_from_conversation", 0) + fills.get("customer_phrase", 0) == 4
+    )
+    assert summary["metrics"]["finetuned"]["invented_facts"] == 0.0  # the new phone number is the profile's
+    replies = [s["finetuned"] for s in read_jsonl(copy.eval.samples)]
+    assert len(replies) == 4 and all(NEW_PHONE in r and "{" not in r for r in replies)
 
 
 @pytest.mark.parametrize("command", ["app", "export", "bench", "bench serving", "eval"])
