@@ -14,9 +14,17 @@ EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
 URL = re.compile(
     r"(?i)\b(?:https?://|www\.)[^\s<>\"')]+|\b[\w-]+\.(?:com|net|org|io|co|shop|store)\b(?:/[^\s<>\"')]*)?"
 )
-MONEY = re.compile(r"[$€£]\s?\d[\d,]*(?:\.\d{2})?")
+AMOUNT = r"(\d[\d,]*(?:\.\d{1,2})?)"
+MONEY = re.compile(rf"([$€£])\s?{AMOUNT}|{AMOUNT}\s?(dollars?|usd|euros?|eur|pounds?|gbp)\b", re.IGNORECASE)
+CURRENCY = {"dollar": "$", "usd": "$", "euro": "€", "eur": "€", "pound": "£", "gbp": "£"}  # a word, as its symbol
 CODE = re.compile(r"(?i)\b[A-Z0-9][A-Z0-9-]{4,}\b")
 MIN_CODE_DIGITS = 5  # an order, invoice or tracking code has at least this many digits; years and times have fewer
+
+
+def _amount(text: str) -> str:
+    """An amount as one spelling: no thousands separators, no zero cents (`1,499.00` is `1499`)."""
+    value = text.replace(",", "")
+    return value.split(".")[0] if re.fullmatch(r"\d+\.0+", value) else value
 
 
 def _digits(text: str) -> str:
@@ -25,8 +33,9 @@ def _digits(text: str) -> str:
 
 @lru_cache(maxsize=4096)  # eval reads the same profile values and customer texts for every reply
 def identifiers(text: str) -> frozenset[str]:
-    """The identifiers a text states, normalised: `phone:+18005550199`, `email:…`, `url:…`, `money:$45.00` and
-    `code:98765` (a code by its digits, so `ORD-55501` and `55501` are the same fact)."""
+    """The identifiers a text states, normalised: `phone:+18005550199`, `email:…`, `url:…`, `money:$45.50` (`$1,499.00`,
+    `1499 dollars` and `1499 USD` are all `money:$1499`) and `code:98765` (a code by its digits, so `ORD-55501` and
+    `55501` are the same fact)."""
     found: set[str] = set()
     covered: list[tuple[int, int]] = []  # a span already read as one identifier is not read again (an e-mail's domain)
 
@@ -36,7 +45,7 @@ def identifiers(text: str) -> frozenset[str]:
     for match in phonenumbers.PhoneNumberMatcher(text, PHONE_REGION, leniency=phonenumbers.Leniency.POSSIBLE):
         found.add("phone:" + phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164))
         covered.append((match.start, match.end))
-    for pattern, kind in ((EMAIL, "email"), (URL, "url"), (MONEY, "money")):
+    for pattern, kind in ((EMAIL, "email"), (URL, "url")):
         for match in pattern.finditer(text):
             if not free(*match.span()):
                 continue
@@ -44,6 +53,14 @@ def identifiers(text: str) -> frozenset[str]:
             if kind == "url":
                 value = re.sub(r"^(?:https?://)?(?:www\.)?", "", value).rstrip("/")
             found.add(f"{kind}:{value.replace(' ', '').replace(',', '')}")
+            covered.append(match.span())
+    for match in MONEY.finditer(text):
+        if free(*match.span()):
+            symbol, amount = (
+                match.group(1) or CURRENCY[match.group(4).casefold().rstrip("s")],
+                match.group(2) or match.group(3),
+            )
+            found.add(f"money:{symbol}{_amount(amount)}")
             covered.append(match.span())
     for match in CODE.finditer(text):
         if free(*match.span()) and len(_digits(match.group(0))) >= MIN_CODE_DIGITS:

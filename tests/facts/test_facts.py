@@ -98,8 +98,12 @@ def test_invented_facts_are_identifiers_neither_the_conversation_nor_the_profile
     assert invented("Order 55501: call 1-800-555-0199 or www.example-shop.com.", said, PROFILE.values()) == []
     assert invented("Refund of $45.00 to alex@example.com", said, PROFILE.values()) == [
         "email:alex@example.com",
-        "money:$45.00",
+        "money:$45",
     ]
+    # an amount the customer wrote in words is the same fact as the reply's symbol (the ci run's row-2864)
+    assert invented("You seek a refund of $1499 dollars.", ["refund 1499 dollars"], PROFILE.values()) == []
+    assert identifiers("$1,499.00") == identifiers("1499 USD") == identifiers("1,499 dollars") == {"money:$1499"}
+    assert identifiers("30 euros or £12.50") == {"money:€30", "money:£12.50"}
     assert identifiers("ORD-55501") == identifiers("order 55501") == {"code:55501"}
     assert identifiers("open from 9 AM to 6 PM since 2024") == set()
 
