@@ -16,13 +16,14 @@ def test_the_reply_budget_is_the_training_replies_p99_rounded_up_to_8():
     assert budget["max_new_tokens"] == 200 and budget["max"] == 200
 
 
-def _scored(p: float, n: int, per_example: list[float], at_cap: float) -> dict:
+def _scored(p: float, n: int, per_example: list[float], at_cap: float, invented_facts: float = 0.0) -> dict:
     rouge = {"mean": sum(per_example) / len(per_example)}
     return {
         "decoding": dataclasses.asdict(Decoding(64, p, n)),
         "rougeL": rouge,
         "per_example_rougeL": per_example,
         "at_cap": at_cap,
+        "invented_facts": invented_facts,
     }
 
 
@@ -41,6 +42,15 @@ def test_plain_greedy_stays_unless_a_candidate_beats_it_with_a_paired_interval_a
     assert choice == Decoding(64, 1.0, 6) and reason.startswith("beat plain greedy by +0.0500")
     scored = compare_to_greedy([_scored(1.0, 0, greedy, 0.0), _scored(1.0, 6, better, 0.10)], seed=1)
     assert pick(scored)[0] == Decoding(64)  # a winner that leaves too many replies at the cap is not taken
+
+
+def test_a_decoding_that_invents_more_facts_than_plain_greedy_is_never_chosen():
+    greedy, better = [0.30] * 24, [0.36] * 24
+    inventing = _scored(1.0, 6, better, 0.0, invented_facts=0.125)  # 3 of 24 replies change a customer's number
+    scored = compare_to_greedy([_scored(1.0, 0, greedy, 0.0, invented_facts=0.0), inventing], seed=1)
+    assert pick(scored)[0] == Decoding(64)
+    scored = compare_to_greedy([_scored(1.0, 0, greedy, 0.10), inventing, _scored(1.1, 0, greedy, 0.0)], seed=1)
+    assert pick(scored)[0] == Decoding(64, 1.1, 0)  # greedy at the cap: the best that fits and keeps the facts
 
 
 def test_greedy_with_too_many_replies_at_the_cap_gives_way_to_the_best_within_the_cap_share():
