@@ -80,9 +80,9 @@ class DataConfig:
     validation_size: int = option(100, "validation rows")
     sample_size: int = option(5000, "rows sampled in sample mode")
     facts: str = option(
-        "fill",
-        "fill: write one fixed value into every {{placeholder}} (the reference recipe's way); slots: keep company facts "
-        "as {{Slot}} for the profile to fill at serve time, and give customer facts a varied value per example",
+        "slots",
+        "slots: keep company facts as {{Slot}} for the profile to fill at serve time, and give customer facts a varied "
+        "value per example; fill: write one fixed value into every {{placeholder}} (the reference recipe's way)",
         choices=FACT_MODES,
     )
     placeholders: str | None = option(
@@ -130,12 +130,17 @@ class DataConfig:
         """Reject impossible settings before any work starts."""
         from phonenumbers import SUPPORTED_REGIONS
 
+        if self.placeholders is not None and self.facts != "fill":
+            raise SupportBenchError(
+                f"--placeholders {self.placeholders} gives fixed values, which only --facts fill writes; slots (the "
+                "default) keeps company facts for the profile (--profile): add --facts fill, or drop --placeholders"
+            )
+
         _check(
             self,
             {
                 "mode": self.mode in SPLIT_MODES,
                 "facts": self.facts in FACT_MODES,
-                "placeholders": self.placeholders is None or self.facts == "fill",  # slots mode fills nothing
                 # eval scores the test split and train validates on the other: neither may be empty
                 "test_size": self.test_size > 0,
                 "validation_size": self.validation_size > 0,

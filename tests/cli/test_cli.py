@@ -87,7 +87,10 @@ def test_prepare_prints_a_summary(tmp_path, capsys):
     path = write_csv(tmp_path / "d.csv", fixture_rows())
     assert _prepare(path, tmp_path / "out") == 0
     out = capsys.readouterr().out
-    assert "120 in = 120 kept + 0 skipped" in out and "placeholders 360 found: 360 mapped" in out
+    assert (
+        "120 in = 120 kept + 0 skipped" in out
+        and "placeholders 360 found (--facts slots): 240 company slots kept" in out
+    )
 
 
 def test_models_lists_the_bundled_aliases(capsys):

@@ -22,6 +22,7 @@ def evaluated_run(
     limit: int = 50,
     at_cap: float | None = 0.0,
     copied_facts: float | None = None,
+    invented_facts: float | None = 0.0,
 ) -> RunDir:
     """A run folder holding only what the gate reads: a training manifest and an eval with statistics."""
     run = RunDir(folder)
@@ -55,7 +56,13 @@ def evaluated_run(
             "timing_s": {side: {"generation": 1.0, "perplexity": 1.0} for side in ("base", "finetuned")},
             "caps": {"generation_limit": limit, "perplexity_limit": None, "max_new_tokens": 100},
             "metrics": {
-                "finetuned": {"runon": 0.0, "placeholder_leak": 0.0, "at_cap": at_cap, "copied_facts": copied_facts}
+                "finetuned": {
+                    "runon": 0.0,
+                    "placeholder_leak": 0.0,
+                    "at_cap": at_cap,
+                    "invented_facts": invented_facts,
+                    "copied_facts": copied_facts,
+                }
             },
         },
     )
@@ -101,6 +108,13 @@ def test_too_many_replies_at_the_token_cap_fail_the_gate(tmp_path, scores, capsy
     assert "gate FAILED: max_at_cap_share" in capsys.readouterr().err
     (check,) = [c for c in read_json(run.gate("json"))["checks"] if c["rule"] == "max_at_cap_share"]
     assert check["value"].startswith(shown) and check["needs"] == "<= 0.02"
+
+
+def test_the_default_gate_fails_a_model_that_invents_a_fact(tmp_path, scores, capsys):
+    run = evaluated_run(tmp_path / "run", *scores, invented_facts=0.02)  # 1 of 50 replies
+    assert main(["gate", "--run", str(run.path)]) == 1
+    assert read_json(run.gate("json"))["failed"] == ["max_invented_fact_share"]
+    assert main(["gate", "--run", str(evaluated_run(tmp_path / "clean", *scores).path)]) == 0
 
 
 @pytest.mark.parametrize(

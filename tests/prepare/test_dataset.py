@@ -178,8 +178,12 @@ def test_real_bitext_file(tmp_path):
     placeholders = manifest["placeholders"]
     assert manifest["data_card"]["pii"]["found"] == {"email": 2}  # support addresses in two replies
     assert placeholders["occurrences"] == 9264 + 2  # the file's placeholders, and the two the scrubber wrote
-    assert placeholders["mapped_share"] > 0.75
-    assert all("{{" not in r["response"] for r in _read(tmp_path / "out", "test"))
+    assert placeholders["mode"] == "slots"  # the default: company facts stay slots, no constant is learnt
+    test = [r["response"] for r in _read(tmp_path / "out", "test")]
+    assert any("{{Customer Support Phone Number}}" in r for r in test) and not any("1-800-555-0199" in r for r in test)
+    filled = prepare(DataConfig(source=str(BITEXT), facts="fill"), tmp_path / "fill")["placeholders"]
+    assert filled["occurrences"] == 9264 + 2 and filled["mapped_share"] > 0.75
+    assert all("{{" not in r["response"] for r in _read(tmp_path / "fill", "test"))
 
 
 @pytest.mark.skipif(not TWCS.is_file(), reason="needs ../shared/data/twcs")
