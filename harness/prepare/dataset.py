@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supportbench.config import DATA_ENV, OPTIONAL_COLUMNS, DataConfig, comma_list
+from supportbench.checks.language import identifier
+from supportbench.config import DATA_ENV, OPTIONAL_COLUMNS, DataConfig
 from supportbench.facts.slots import SLOT_COUNTS, SlotWriter, readable
 from supportbench.files import (
     LOCK_NAME,
@@ -301,16 +302,9 @@ def clean_rows(
 
 def detect_languages(rows: list[dict[str, Any]], languages: str) -> None:
     """Set each row's `language`: the customer query's, by py3langid (offline) among the allowed languages."""
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    identifier = LanguageIdentifier.from_model_file(MODEL_FILE)
-    allowed = comma_list(languages)
-    unknown = sorted(set(allowed) - set(identifier.labels))
-    if unknown:
-        raise SupportBenchError(f"--languages: the detector knows no {unknown}; it knows {sorted(identifier.labels)}")
-    identifier.set_languages(allowed)
+    identify = identifier(languages)  # an unknown code fails here, before any row
     for row in rows:
-        row["language"] = identifier.classify(row["instruction"])[0]
+        row["language"] = identify.classify(row["instruction"])[0]
 
 
 # ---------------------------------------------------------------- splitting
