@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from supportbench.checks.embedding import DEFAULT_EMBEDDING_MODEL
 from supportbench.files import SupportBenchError, read_bundled_yaml, read_user_yaml
 from supportbench.metrics import METRICS
 
@@ -239,6 +240,10 @@ class EvalConfig:
     )
     profile: str | None = option(
         None, "company profile YAML whose values fill the replies' company slots (none: the bundled profile.yaml)"
+    )
+    embedding_model: str = option(
+        DEFAULT_EMBEDDING_MODEL,
+        "sentence-embedding model for semantic similarity: hub id or folder (the default ships offline, hash-pinned)",
     )
     base_model: str | None = option(
         None, "score another base model (alias, hub id or folder) alone on the run's split", flag="--model"

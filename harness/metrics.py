@@ -38,13 +38,22 @@ METRICS = {
     # the declared slots (slots.yaml) the reference states that the reply states too, and the converse
     "slot_recall": Metric("slot recall", True, GEN_TASK),
     "slot_precision": Metric("slot precision", True, GEN_TASK),
+    # what a customer sees (supportbench.checks): meaning, intent, language, loops
+    "semantic_similarity": Metric("semantic similarity (embedding cosine)", True, GEN_TASK),
+    "intent_fidelity": Metric("intent fidelity", True, GEN_TASK),
+    "rougeL_multi": Metric("ROUGE-L, best over the intent's references", True, GEN_TASK),
+    "language_match": Metric("language match share", True, GEN_TASK),
+    "repetition": Metric("repetition share", False, GEN_TASK),
     "perplexity": Metric("perplexity (reply tokens)", False, PPL_TASK),
     "perplexity_fulltext": Metric("perplexity (full text, prompt included)", False, PPL_TASK),
 }
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 # per-reply scores that get intervals and paired differences like ROUGE; all but invented_facts apply to some replies
 # only (None elsewhere), and are compared on the examples where both models have one
-REPLY_METRICS = ("invented_facts", "copied_facts", "slot_recall", "slot_precision")
+FACT_METRICS = ("invented_facts", "copied_facts", "slot_recall", "slot_precision")
+# how a reply reads to the customer; intent fidelity, multi-reference ROUGE-L and language match need labels
+CUSTOMER_METRICS = ("semantic_similarity", "intent_fidelity", "rougeL_multi", "language_match", "repetition")
+REPLY_METRICS = (*FACT_METRICS, *CUSTOMER_METRICS)
 
 
 @lru_cache(maxsize=1)
@@ -58,6 +67,18 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
     """ROUGE-1/2/L F-measure for one pair (rouge_score, default tokenizer, no stemming)."""
     scores = _rouge_scorer().score(reference, prediction)
     return {name: scores[name].fmeasure for name in ROUGE_TYPES}
+
+
+@lru_cache(maxsize=1)
+def _rouge_l_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def best_rouge_l(prediction: str, references: Sequence[str]) -> float:
+    """The best ROUGE-L F-measure of a reply against several references (rouge_score's score_multi)."""
+    return _rouge_l_scorer().score_multi(list(references), prediction)["rougeL"].fmeasure
 
 
 def corpus_bleu(predictions: list[str], references: list[str]) -> float:

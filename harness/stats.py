@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import stats
 
-from supportbench.metrics import REPLY_METRICS, ROUGE_TYPES, bleu_from_statistics, bleu_statistics
+from supportbench.checks.invariance import tag_letters
+from supportbench.metrics import CUSTOMER_METRICS, REPLY_METRICS, ROUGE_TYPES, bleu_from_statistics, bleu_statistics
 
 if TYPE_CHECKING:
     from supportbench.layout import StatsRecord
@@ -109,6 +110,12 @@ def slices(samples: list[dict[str, Any]], key: str, seed: int, metric: str = "ro
     return rows
 
 
+def tag_slices(samples: list[dict[str, Any]], seed: int, metric: str) -> list[dict[str, Any]]:
+    """slices() by Bitext variation tag: an example counts in every tag it carries (B basic, Z typos, ...)."""
+    tagged = [{**s, "tag": letter} for s in samples for letter in tag_letters(s.get("tags", ""))]
+    return slices(tagged, "tag", seed, metric)
+
+
 def _paired(samples: list[dict[str, Any]], metric: str) -> tuple[list[float], list[float]]:
     """Base and fine-tuned values of a metric on the examples where both have one (a check may not apply)."""
     pairs = [
@@ -180,6 +187,8 @@ def eval_statistics(
         "by_category": slices(samples, "category", seed),
         "by_intent": by_intent,
         "by_intent_invented_facts": slices(samples, "intent", seed, "invented_facts"),
+        "by_intent_checks": {metric: slices(samples, "intent", seed, metric) for metric in CUSTOMER_METRICS},
+        "by_tag": {metric: tag_slices(samples, seed, metric) for metric in ("rougeL", *CUSTOMER_METRICS)},
         "by_language": slices(samples, "language", seed),
         "min_slice": MIN_SLICE,
         "worst_intents": [r["intent"] for r in judged[:5]],

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from supportbench.checks.embedding import model_folder
 from supportbench.config import EvalConfig
 from supportbench.decoding import (
     CHOICE_RULE,
@@ -47,7 +48,7 @@ from supportbench.prepare.dataset import instruction_hash, load_twcs_pairs
 from supportbench.reports.plots import forest_png
 from supportbench.stats import eval_statistics, evidence_lines, mean_interval, paired_difference, signed_interval
 from supportbench.tasks import include_path
-from supportbench.tasks.customer_support.utils import shown_reply
+from supportbench.tasks.customer_support.utils import intent_classifier_record, shown_reply
 
 
 def check_no_leakage(run: RunDir) -> dict[str, Any]:
@@ -350,6 +351,7 @@ def _example(sample: dict[str, Any]) -> dict[str, Any]:
         "category": doc["category"],
         "intent": doc["intent"],
         "language": doc.get("language", ""),
+        "tags": doc.get("tags", ""),
     }
     fields["query"] = doc["instruction"]
     scores = {m: _metric(sample, m) for m in (*ROUGE_TYPES, *REPLY_METRICS)}
@@ -403,7 +405,9 @@ def check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
         "data_dir": str(run.data.path),
         "profile": config.profile,
         "profile_sha256": profile.sha256,
+        "embedding_model": config.embedding_model,
     }
+    model_folder(config.embedding_model)  # the default embedding model with other weights: refused before any work
     leakage = check_no_leakage(run)
     if config.twcs:
         load_twcs_pairs(Path(config.twcs))  # missing, header-only or pairless files fail here, not after a model load
@@ -462,7 +466,7 @@ def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
     by_id = {s["id"]: s for s in tuned["samples"]}
     side_by_side = [
         {
-            **{k: s[k] for k in ("id", "category", "intent", "language", "query", "reference")},
+            **{k: s[k] for k in ("id", "category", "intent", "language", "tags", "query", "reference")},
             "base": s["reply"],
             "finetuned": by_id[s["id"]]["reply"],
             **{f"base_{m}": s[m] for m in (*ROUGE_TYPES, *REPLY_METRICS)},
@@ -482,6 +486,11 @@ def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
         "processes": world_size(),  # the examples were split over this many processes; the scores do not depend on it
         "leakage_check": checked["leakage"],
         "profile": checked["profile"],  # the company profile that filled replies and references
+        # what the customer-facing checks rest on: the embedding model, and the intent classifier's test accuracy
+        "reply_checks": {
+            "embedding_model": config.embedding_model,
+            "intent_classifier": None if config.twcs else intent_classifier_record(metadata),
+        },
         "n": {"base": base["n"], "finetuned": tuned["n"]},
         "caps": {
             "generation_limit": config.limit,

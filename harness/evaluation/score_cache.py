@@ -26,8 +26,12 @@ SCORING_CODE = (
     "supportbench.templates",
     "supportbench.facts.slots",
     "supportbench.facts.identifiers",
+    "supportbench.checks.embedding",
+    "supportbench.checks.intent",
+    "supportbench.checks.language",
+    "supportbench.checks.repetition",
 )
-VERSIONED = ("lm_eval", "transformers", "torch", "peft")
+VERSIONED = ("lm_eval", "transformers", "torch", "peft", "scikit-learn", "py3langid")
 RESULT_KEYS = {"metrics", "samples", "n", "perplexity_items"}  # what eval reads from a base model's cached scores
 # what the base model's test scores never depend on (the profile counts by its hash, not its path)
 NOT_BASE_SETTINGS = ("base_model", "twcs", "validation_limit", "profile")

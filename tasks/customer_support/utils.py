@@ -6,6 +6,7 @@ import functools
 import hashlib
 import math
 import os
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,17 @@ import datasets
 from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
+from supportbench.checks import intent
+from supportbench.checks.embedding import DEFAULT_EMBEDDING_MODEL, similarity
+from supportbench.checks.language import judgeable, language_of
+from supportbench.checks.repetition import repeats
 from supportbench.config import DataConfig, resolve_source
 from supportbench.facts.identifiers import copied, invented
 from supportbench.facts.profile import Profile, load_profile
 from supportbench.facts.slots import Filled, fill_reply, stated_slots
 from supportbench.files import SupportBenchError, sha256_file
 from supportbench.layout import SplitDir
-from supportbench.metrics import corpus_bleu, leaks_placeholder, rouge, word_count
+from supportbench.metrics import best_rouge_l, corpus_bleu, leaks_placeholder, rouge, word_count
 from supportbench.models import cache_root
 from supportbench.prepare.dataset import load_twcs_pairs, prepare
 from supportbench.templates import cut_at_stops, get_template, has_runon, row_turns
@@ -36,17 +41,51 @@ def _default_split() -> SplitDir:
     return split
 
 
+def _split(metadata: dict[str, Any]) -> SplitDir:
+    data_dir = metadata.get("data_dir") or os.environ.get(SPLIT_ENV)
+    return SplitDir(Path(data_dir)) if data_dir else _default_split()
+
+
 def _rows(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     if metadata.get("twcs"):
         return load_twcs_pairs(Path(metadata["twcs"]))
-    data_dir = metadata.get("data_dir") or os.environ.get(SPLIT_ENV)
-    split, name = SplitDir(Path(data_dir)) if data_dir else _default_split(), metadata.get("split", "test")
+    split, name = _split(metadata), metadata.get("split", "test")
     expected = metadata.get("sha256")
     if expected and split.split_path(name).is_file() and sha256_file(split.split_path(name)) != expected:
         raise SupportBenchError(
             f"{split.split_path(name)} changed after it was checked (sha256 differs); refusing to score it"
         )
     return split.rows(name)
+
+
+def read_reference(row: dict[str, Any], profile: Profile) -> str:
+    """A reference reply as a customer would read it: its slots filled from the profile and the conversation."""
+    return fill_reply(row["response"], [turn.customer for turn in row_turns(row)], profile.values).text
+
+
+@functools.lru_cache(maxsize=4)
+def intent_classifier(data_dir: str, profile_path: str) -> str:
+    """The intent classifier's cached file, fitted on the split's training replies read like references; "" where
+    they carry fewer than two intents (intent fidelity is then absent)."""
+    split, profile = SplitDir(Path(data_dir)), _profile(profile_path)
+    rows = split.rows("train")
+    path = intent.fit_cached([read_reference(r, profile) for r in rows], [r.get("intent") or "" for r in rows])
+    return str(path or "")
+
+
+def intent_classifier_record(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The classifier's accuracy on the test split's reference replies (None without a classifier)."""
+    split, profile = _split(metadata), _profile(metadata.get("profile") or "")
+    path = intent_classifier(str(split.path), metadata.get("profile") or "")
+    if not path:
+        return None
+    rows = [r for r in split.rows("test") if r.get("intent")]
+    return intent.accuracy_record(path, [read_reference(r, profile) for r in rows], [r["intent"] for r in rows])
+
+
+def split_languages(split: SplitDir) -> str:
+    """The languages the split's queries were detected among (its prepare config), comma-separated."""
+    return split.manifest().get("config", {}).get("languages") or DataConfig().languages
 
 
 def _tokenizer_source(metadata: dict[str, Any]) -> str:
@@ -80,24 +119,37 @@ def load_docs(**metadata: Any) -> datasets.DatasetDict:
     stops = template.stop_sequences(tokenizer)
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     profile = _profile(metadata.get("profile") or "")
+    split, rows = _split(metadata), _rows(metadata)
+    classifier = intent_classifier(str(split.path), metadata.get("profile") or "")
+    known_intents = intent.intents(classifier) if classifier else set()
+    references = [read_reference(row, profile) for row in rows]
+    by_intent: dict[str, list[str]] = defaultdict(list)
+    if not metadata.get("twcs"):  # tweets carry no intent: one reference each
+        for row, reference in zip(rows, references, strict=True):
+            by_intent[row.get("intent") or ""].append(reference)
     docs = []
-    for row in _rows(metadata):
+    for row, reference in zip(rows, references, strict=True):
         turns = row_turns(row)
         customer_texts = [turn.customer for turn in turns]
         prompt = template.prompt(turns, tokenizer)
         target = template.target(row["response"])
         context = prompt.rstrip()  # lm-eval moves the prompt's trailing spaces into the continuation
-        reference = fill_reply(row["response"], customer_texts, profile.values).text
         docs.append(
             {
                 "id": row["id"],
                 "category": row["category"],
                 "intent": row["intent"],
                 "language": row.get("language", ""),
+                "tags": row.get("tags") or "",
                 "instruction": row["instruction"],
                 # what a customer would read: the reference's slots filled like the reply's (fill_reply)
                 "reference": reference,
                 "reference_slots": sorted(stated_slots(reference, customer_texts, profile.values)),
+                # every test reference of the same intent, for the multi-reference ROUGE-L
+                "intent_references": by_intent.get(row["intent"], []) if row["intent"] else [],
+                "intent_model": classifier if row["intent"] in known_intents else "",
+                "languages": split_languages(split),
+                "embedding_model": metadata.get("embedding_model") or DEFAULT_EMBEDDING_MODEL,
                 "customer_texts": customer_texts,
                 "profile": metadata.get("profile") or "",
                 "prompt": prompt,
@@ -148,6 +200,26 @@ def process_gen(doc: dict[str, Any], results: list[str]) -> dict[str, Any]:
         "copied_facts": math.nan if used is None else float(used),
         "slot_recall": share(len(wanted & stated), len(wanted)),
         "slot_precision": share(len(wanted & stated), len(stated)),
+        **customer_checks(doc, reply),
+    }
+
+
+def customer_checks(doc: dict[str, Any], reply: str) -> dict[str, float]:
+    """What a customer sees in one reply: its meaning against the reference, the intent it answers, the best
+    ROUGE-L over the intent's references, its language against the query's, and whether it loops; NaN where a
+    check has no label to check against (no intent, or a query too short to tell its language by)."""
+    return {
+        "semantic_similarity": similarity(reply, doc["reference"], doc["embedding_model"]),
+        "intent_fidelity": (
+            float(intent.predict(doc["intent_model"], reply) == doc["intent"]) if doc["intent_model"] else math.nan
+        ),
+        "rougeL_multi": best_rouge_l(reply, doc["intent_references"]) if doc["intent_references"] else math.nan,
+        "language_match": (
+            float(bool(reply.strip()) and language_of(reply, doc["languages"]) == doc["language"])
+            if doc["language"] and judgeable(doc["instruction"])
+            else math.nan
+        ),
+        "repetition": float(repeats(reply)),
     }
 
 
