@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from supportbench.checks.embedding import DEFAULT_EMBEDDING_MODEL
+from supportbench.checks.invariance import PERTURBATIONS
 from supportbench.files import SupportBenchError, read_bundled_yaml, read_user_yaml
 from supportbench.metrics import METRICS
 
@@ -281,6 +282,65 @@ class EvalConfig:
             },
             "eval config (the parallel sizes are vLLM's; the other backends run data-parallel under --num-processes)",
         )
+
+
+@dataclass
+class BehaviorConfig:
+    """How the behaviour suites are answered: the replies per case and, above one, how they are sampled."""
+
+    samples: int = option(1, "replies per case and model; above 1 they are sampled and pass^k is reported")
+    temperature: float = option(0.7, "sampling temperature when --samples is above 1")
+    top_p: float = option(0.95, "nucleus sampling mass when --samples is above 1")
+    batch_size: int = option(16, "cases generated together, left-padded")
+    max_new_tokens: int | None = option(None, "new-token cap per reply (none: the run's frozen decoding)")
+    seed: int = option(1234, "seed of the sampled replies")
+
+    def validate(self) -> None:
+        """Reject counts and sampling settings that make no sense."""
+        _check(
+            self,
+            {
+                "samples": 1 <= self.samples <= 64,
+                "temperature": self.temperature > 0,
+                "top_p": 0 < self.top_p <= 1,
+                "batch_size": self.batch_size > 0,
+                "max_new_tokens": self.max_new_tokens is None or self.max_new_tokens > 0,
+            },
+            "behaviour config (samples 1 to 64)",
+        )
+
+
+PERTURBATION_NAMES = tuple(PERTURBATIONS)
+
+
+@dataclass
+class InvarianceConfig:
+    """Which test queries are perturbed, how, and how they are answered."""
+
+    limit: int = option(50, "test queries answered clean and under each perturbation (a prefix of the split)")
+    perturbations: tuple[str, ...] = option(
+        PERTURBATION_NAMES, "comma-separated perturbations: " + ", ".join(PERTURBATION_NAMES), parse=comma_list
+    )
+    batch_size: int = option(16, "queries generated together, left-padded")
+    max_new_tokens: int | None = option(None, "new-token cap per reply (none: the run's frozen decoding)")
+    seed: int = option(1234, "seed of the perturbations")
+
+    def validate(self) -> None:
+        """Reject an unknown perturbation and sizes that make no sense."""
+        _check(
+            self,
+            {
+                "limit": self.limit >= 2,
+                "perturbations": bool(self.perturbations) and set(self.perturbations) <= set(PERTURBATION_NAMES),
+                "batch_size": self.batch_size > 0,
+                "max_new_tokens": self.max_new_tokens is None or self.max_new_tokens > 0,
+            },
+            f"invariance config (limit 2 or more; perturbations among {', '.join(PERTURBATION_NAMES)})",
+        )
+
+    def answering(self) -> BehaviorConfig:
+        """The greedy generation settings the queries are answered with."""
+        return BehaviorConfig(batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, seed=self.seed)
 
 
 @dataclass

@@ -57,6 +57,21 @@ def paired_difference(base: Sequence[float], tuned: Sequence[float], seed: int) 
     return {**difference, "p_value": float(test.pvalue)}
 
 
+def wilson_interval(passed: int, n: int) -> dict[str, float]:
+    """A pass rate with its 95% Wilson score interval (scipy.stats.binomtest)."""
+    if n == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    low, high = stats.binomtest(passed, n).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
+    return {"mean": passed / n, "low": float(low), "high": float(high), "n": n}
+
+
+def mcnemar_exact(only_first: int, only_second: int) -> float:
+    """The exact McNemar p-value of paired pass/fail outcomes from the two discordant counts (a two-sided binomial
+    test of one against their sum; 1 when there is no discordant pair)."""
+    discordant = only_first + only_second
+    return float(stats.binomtest(only_second, discordant).pvalue) if discordant else 1.0
+
+
 def corpus_interval(statistic: Callable[[np.ndarray], float], n: int, seed: int) -> dict[str, float]:
     """A corpus-level statistic of example indices (e.g. corpus BLEU) with its 95% interval over resampled corpora."""
     indices = np.arange(n)

@@ -11,6 +11,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from supportbench.checks.invariance import TAG_NAMES
 from supportbench.files import (
     SupportBenchError,
     atomic_write_bytes,
@@ -66,6 +67,8 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
         "samples": read_jsonl(run.eval.samples, limit=SAMPLES_SHOWN) if run.eval.samples.is_file() else None,
         "stats": _optional_json(run.eval.stats),
         "gate": _optional_json(run.gate("json")),
+        "behavior": _optional_json(run.eval.behavior),
+        "invariance": _optional_json(run.eval.invariance),
         "forest_png": _optional_png(run.eval.forest),
         "forest_file": str(run.eval.forest.relative_to(run.path)),
         "ood": _optional_json(run.ood.metrics),
@@ -130,12 +133,14 @@ def render(template: str, kind: str, **context: Any) -> str:
         fmt=fmt,
         pct=pct,
         interval=interval_text,
+        interval_share=lambda v: f"{share(v['mean'])} [{share(v['low'])}, {share(v['high'])}]",
+        basename=lambda path: Path(path).name,
         share=share,
         mdcell=mdcell,
         signed=lambda v: f"{v:+.4f}",
         tojson_compact=lambda v: json.dumps(v, sort_keys=True),
     )
-    env.globals.update(metrics=METRICS, reference=published_reference())
+    env.globals.update(metrics=METRICS, reference=published_reference(), tag_names=TAG_NAMES)
     return env.get_template(template).render(kind=kind, **context)
 
 

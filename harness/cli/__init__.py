@@ -6,10 +6,38 @@ import argparse
 import errno
 import sys
 
-from supportbench.cli import app, bench, evaluate, export, gate, info, prepare, rank, report, sweep, train
+from supportbench.cli import (
+    app,
+    behavior,
+    bench,
+    evaluate,
+    export,
+    gate,
+    info,
+    invariance,
+    prepare,
+    rank,
+    report,
+    sweep,
+    train,
+)
 from supportbench.files import SupportBenchError
 
-COMMANDS = (prepare, train, evaluate, gate, bench, report, rank, sweep, export, app, info)  # in --help's order
+COMMANDS = (
+    prepare,
+    train,
+    evaluate,
+    behavior,
+    invariance,
+    gate,
+    bench,
+    report,
+    rank,
+    sweep,
+    export,
+    app,
+    info,
+)  # in --help's order
 
 
 def build_parser() -> argparse.ArgumentParser:
