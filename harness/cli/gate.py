@@ -16,6 +16,11 @@ def run(args: argparse.Namespace) -> int:
     verdict = apply_rules(Path(args.run), baseline=args.baseline, rules_file=args.rules)
     print("\n".join(verdict_lines(verdict)))
     write_gate(Path(args.run), verdict)
+    if args.junit:
+        from supportbench.evaluation.gate import junit_xml
+        from supportbench.files import atomic_write_text
+
+        atomic_write_text(Path(args.junit), junit_xml(verdict))
     if verdict["failed"]:
         print(f"gate FAILED: {', '.join(verdict['failed'])}", file=sys.stderr)
         return 1
@@ -41,3 +46,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--baseline", help="an approved run folder (or its eval/metrics.json) to be non-inferior to (default: none)"
     )
     p.add_argument("--rules", help="YAML rules file (default: the bundled gate_rules.yaml)")
+    p.add_argument("--junit", metavar="FILE", help="also write the verdict as JUnit XML, one testcase per rule")

@@ -14,6 +14,7 @@ from supportbench.files import (
     SupportBenchError,
     atomic_write_text,
     read_bundled_yaml,
+    read_json,
     read_user_yaml,
     write_json,
 )
@@ -27,7 +28,7 @@ SHARE_RULES = {
     "max_at_cap_share": "at_cap",
     "max_invented_fact_share": "invented_facts",
 }
-MIN_SHARE_RULES = {"min_copied_fact_share": "copied_facts"}
+MIN_SHARE_RULES = {"min_copied_fact_share": "copied_facts", "min_language_match_share": "language_match"}
 COMPARABLE_SETTINGS = ("limit", "ppl_limit", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size", "seed")
 
 
@@ -65,6 +66,13 @@ class NonInferiorToBaseline(_MetricRule):
     margin: FiniteNumber
 
 
+class IntentFidelity(_Rule):
+    """Intent fidelity must be non-inferior to the base model's, and to an approved baseline's, within the margin;
+    not applied when the intent classifier's accuracy on the test references is under 90% (unreliable)."""
+
+    margin: FiniteNumber
+
+
 class GateRules(_Rule):
     """The release gate's rules; every rule present must hold."""
 
@@ -75,6 +83,10 @@ class GateRules(_Rule):
     max_at_cap_share: FiniteNumber | None = None
     max_invented_fact_share: FiniteNumber | None = None
     min_copied_fact_share: FiniteNumber | None = None
+    min_language_match_share: FiniteNumber | None = None
+    intent_fidelity_non_inferior: IntentFidelity | None = None
+    min_behavior_pass_rate: FiniteNumber | None = None
+    no_baseline_passing_case_fails: bool | None = None
     max_reply_p50_s: FiniteNumber | None = None
 
 
@@ -205,6 +217,13 @@ def apply_rules(run_dir: Path, baseline: str | None = None, rules_file: str | No
                 check(name, "no test example it applies to (or an eval older than the metric)", f">= {least}", None)
             else:
                 check(name, f"{share:.4f}", f">= {least}", share >= least)
+    if rules.intent_fidelity_non_inferior:
+        for row in intent_fidelity_checks(run, metrics, stats, rules.intent_fidelity_non_inferior.margin, baseline):
+            check(*row)
+    if (least := rules.min_behavior_pass_rate) is not None:
+        check(*behavior_rate_check(run, least))
+    if rules.no_baseline_passing_case_fails:
+        check(*baseline_cases_check(run, baseline))
     if (limit := rules.max_reply_p50_s) is not None:
         if run.bench_summary.is_file():
             p50 = run.bench_record().variants["merged"].e2e_p50_s
@@ -221,6 +240,122 @@ def apply_rules(run_dir: Path, baseline: str | None = None, rules_file: str | No
         "passed": not failed,
         "evidence": evidence_lines(stats),
     }
+
+
+Row = tuple[str, str, str, bool | None]  # rule, measured, needs, passed (None: not applied)
+
+
+def intent_fidelity_checks(
+    run: RunDir, metrics: EvalSummary, stats: StatsRecord, margin: float, baseline: str | None
+) -> list[Row]:
+    """Intent fidelity minus the base model's, and minus the baseline's with --baseline, each paired; lower bounds
+    above -margin. Not applied where the classifier is unreliable or no example has an intent."""
+    needs = f"lower bound > -{margin}"
+    classifier = (metrics.model_extra.get("reply_checks") or {}).get("intent_classifier")
+    if classifier is None or "intent_fidelity" not in stats.metrics:
+        return [("intent_fidelity_non_inferior", "not measured (no intent labels, or an older eval)", needs, None)]
+    if not classifier["reliable"]:
+        shown = f"unreliable: the intent classifier is {classifier['accuracy']:.1%} accurate on the test references"
+        return [("intent_fidelity_non_inferior", f"{shown} (needs {classifier['threshold']:.0%})", needs, None)]
+    d = stats.metrics["intent_fidelity"].difference
+    rows: list[Row] = [
+        (
+            "intent_fidelity_non_inferior",
+            f"intent fidelity minus base {signed_interval(d.model_dump())}",
+            needs,
+            d.low > -margin,
+        )
+    ]
+    if baseline is not None:
+        theirs = _baseline(baseline)
+        _check_comparable(metrics, theirs.summary(), baseline)
+        mine, other = run.eval.finetuned_scores("intent_fidelity"), theirs.finetuned_scores("intent_fidelity")
+        ids = [i for i in mine if mine[i] is not None and other.get(i) is not None]
+        if len(ids) < 2:
+            rows.append(("intent_fidelity_non_inferior", "the baseline has no intent fidelity to pair", needs, None))
+        else:
+            b = paired_difference([other[i] for i in ids], [mine[i] for i in ids], stats.seed)
+            rows.append(
+                (
+                    "intent_fidelity_non_inferior",
+                    f"intent fidelity minus the baseline's {signed_interval(b)}",
+                    needs,
+                    b["low"] > -margin,
+                )
+            )
+    return rows
+
+
+def _behavior(run: RunDir) -> dict[str, Any] | None:
+    return read_json(run.eval.behavior) if run.eval.behavior.is_file() else None
+
+
+def behavior_rate_check(run: RunDir, least: float) -> Row:
+    """The fine-tuned pass rate of every behaviour tag group at least `least`; the groups below are named."""
+    results = _behavior(run)
+    if results is None:
+        return (
+            "min_behavior_pass_rate",
+            f"no behaviour results (run `supportbench behavior --run {run.path}`)",
+            f">= {least}",
+            False,
+        )
+    rates = {g: r["mean"] for g, r in results["pass_rate"]["finetuned"].items() if g != "all"}
+    low = {g: rate for g, rate in rates.items() if rate < least}
+    shown = (
+        ", ".join(f"{g} {rate:.0%}" for g, rate in sorted(low.items()))
+        or f"every group (lowest {min(rates.values()):.0%})"
+    )
+    return ("min_behavior_pass_rate", f"below: {shown}" if low else shown, f">= {least} in every tag group", not low)
+
+
+def baseline_cases_check(run: RunDir, baseline: str | None) -> Row:
+    """No behaviour case that the approved baseline's fine-tuned model passes may fail here (listed by id)."""
+    needs = "no case the baseline passes fails"
+    if baseline is None:
+        return ("no_baseline_passing_case_fails", "no --baseline given", needs, None)
+    mine = _behavior(run)
+    given = Path(baseline)
+    theirs_path = RunDir(given).eval.behavior if given.is_dir() else given.parent / "behavior.json"
+    if mine is None or not theirs_path.is_file():
+        missing = run.eval.behavior if mine is None else theirs_path
+        return ("no_baseline_passing_case_fails", f"no behaviour results in {missing}", needs, False)
+    passed_before = {c["id"] for c in read_json(theirs_path)["cases"] if c["finetuned"]["passed"][0]}
+    now = {c["id"]: c["finetuned"]["passed"][0] for c in mine["cases"]}
+    regressed = sorted(i for i in passed_before if now.get(i) is False)
+    unanswered = sorted(passed_before - set(now))
+    if unanswered:
+        return (
+            "no_baseline_passing_case_fails",
+            f"cases the baseline passed were not run: {', '.join(unanswered[:10])}",
+            needs,
+            False,
+        )
+    shown = f"now failing: {', '.join(regressed)}" if regressed else f"all {len(passed_before)} still pass"
+    return ("no_baseline_passing_case_fails", shown, needs, not regressed)
+
+
+def junit_xml(verdict: dict[str, Any]) -> str:
+    """The verdict as JUnit XML for CI systems: one testcase per rule (failure when it failed, skipped when not applied)."""
+    import xml.etree.ElementTree as ET
+
+    suite = ET.Element(
+        "testsuite",
+        name="supportbench.gate",
+        tests=str(len(verdict["checks"])),
+        failures=str(len(verdict["failed"])),
+        skipped=str(sum(c["passed"] is None for c in verdict["checks"])),
+    )
+    for c in verdict["checks"]:
+        case = ET.SubElement(suite, "testcase", classname="supportbench.gate", name=c["rule"])
+        if c["passed"] is False:
+            ET.SubElement(case, "failure", message=f"{c['value']} (needs {c['needs']})")
+        elif c["passed"] is None:
+            ET.SubElement(case, "skipped", message=c["value"])
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 
 
 def write_gate(run_dir: Path, verdict: dict[str, Any]) -> str:

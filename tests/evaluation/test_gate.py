@@ -23,6 +23,9 @@ def evaluated_run(
     at_cap: float | None = 0.0,
     copied_facts: float | None = None,
     invented_facts: float | None = 0.0,
+    per_reply: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    shares: dict[str, float] | None = None,
+    classifier_accuracy: float | None = None,
 ) -> RunDir:
     """A run folder holding only what the gate reads: a training manifest and an eval with statistics."""
     run = RunDir(folder)
@@ -40,9 +43,12 @@ def evaluated_run(
             "finetuned": "Your order is on its way.",
             **{f"base_{m}": float(b) for m in ("rouge1", "rouge2", "rougeL")},
             **{f"finetuned_{m}": float(t) for m in ("rouge1", "rouge2", "rougeL")},
+            **{f"base_{m}": float(pair[0][i]) for m, pair in (per_reply or {}).items()},
+            **{f"finetuned_{m}": float(pair[1][i]) for m, pair in (per_reply or {}).items()},
         }
         for i, (b, t) in enumerate(zip(base, tuned, strict=True))
     ]
+    classifier = classifier_accuracy is not None and {"accuracy": classifier_accuracy, "threshold": 0.9}
     statistics = eval_statistics(samples, [[-20.0, 10, -15.0, 10]] * len(samples), seed=1234)
     write_together(
         {run.eval.samples: jsonl_bytes(samples), run.eval.stats: json_bytes(statistics)},
@@ -62,8 +68,14 @@ def evaluated_run(
                     "at_cap": at_cap,
                     "invented_facts": invented_facts,
                     "copied_facts": copied_facts,
+                    **(shares or {}),
                 }
             },
+            **(
+                {"reply_checks": {"intent_classifier": {**classifier, "reliable": classifier_accuracy >= 0.9}}}
+                if classifier
+                else {}
+            ),
         },
     )
     return run
@@ -210,3 +222,54 @@ def test_a_step_summary_that_cannot_be_written_keeps_the_verdict(tmp_path, score
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path))  # a folder
     assert main(["gate", "--run", str(run.path)]) == 0
     assert "cannot append the verdict to $GITHUB_STEP_SUMMARY" in capsys.readouterr().out
+
+
+def _fidelity(base_share: float, tuned_share: float, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    return (np.arange(n) < base_share * n).astype(float), (np.arange(n) < tuned_share * n).astype(float)
+
+
+def test_intent_fidelity_below_the_base_fails_and_a_junit_file_names_every_rule(tmp_path, scores, capsys):
+    run = evaluated_run(
+        tmp_path / "run", *scores, per_reply={"intent_fidelity": _fidelity(0.9, 0.6)}, classifier_accuracy=0.97
+    )
+    junit = tmp_path / "gate.xml"
+    assert main(["gate", "--run", str(run.path), "--junit", str(junit)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL         intent_fidelity_non_inferior intent fidelity minus base -0.3000 [" in out
+    assert "not applied  min_language_match_share" in out  # the synthetic eval has no language match
+    import xml.etree.ElementTree as ET
+
+    cases = {c.get("name"): c for c in ET.parse(junit).iter("testcase")}
+    assert set(cases) == {c["rule"] for c in read_json(run.gate("json"))["checks"]}
+    assert cases["intent_fidelity_non_inferior"].find("failure") is not None
+    assert cases["min_language_match_share"].find("skipped") is not None
+    assert cases["beats_base"].find("failure") is None and cases["beats_base"].find("skipped") is None
+
+
+def test_an_unreliable_intent_classifier_is_not_gated_on(tmp_path, scores, capsys):
+    run = evaluated_run(
+        tmp_path / "run", *scores, per_reply={"intent_fidelity": _fidelity(0.9, 0.6)}, classifier_accuracy=0.8
+    )
+    assert main(["gate", "--run", str(run.path)]) == 0
+    assert "not applied  intent_fidelity_non_inferior unreliable: the intent classifier is 80.0% accurate" in (
+        capsys.readouterr().out
+    )
+
+
+def test_intent_fidelity_is_also_paired_with_the_baseline(tmp_path, scores, capsys):
+    baseline = evaluated_run(
+        tmp_path / "approved", *scores, per_reply={"intent_fidelity": _fidelity(0.5, 0.95)}, classifier_accuracy=0.97
+    )
+    run = evaluated_run(
+        tmp_path / "run", *scores, per_reply={"intent_fidelity": _fidelity(0.5, 0.7)}, classifier_accuracy=0.97
+    )
+    assert main(["gate", "--run", str(run.path), "--baseline", str(baseline.path)]) == 1
+    out = capsys.readouterr().out
+    assert "pass         intent_fidelity_non_inferior intent fidelity minus base +0.2000" in out
+    assert "FAIL         intent_fidelity_non_inferior intent fidelity minus the baseline's -0.2500" in out
+
+
+def test_replies_in_another_language_fail_the_default_gate(tmp_path, scores, capsys):
+    run = evaluated_run(tmp_path / "run", *scores, shares={"language_match": 0.85})
+    assert main(["gate", "--run", str(run.path)]) == 1
+    assert "FAIL         min_language_match_share     0.8500  (needs >= 0.9)" in capsys.readouterr().out
