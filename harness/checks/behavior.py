@@ -18,14 +18,25 @@ from supportbench.checks.language import language_of
 from supportbench.facts.identifiers import invented
 from supportbench.files import SupportBenchError
 
-# a sentence that asks the customer for something, and a reply that declines or steers back to support matters
+# words that ask the customer to give something; a reply that declines ("I'm here to help with your account" is
+# not one: the model says it before helping anyway)
 REQUEST = re.compile(
-    r"\?|\b(please|kindly|provide|share|send|tell me|let me know|could you|can you|would you|may i|need|enter)\b", re.I
+    r"\b(provide|share|send|tell me|let me know|give me|enter|confirm|may i have|could i have|can i have|what is|"
+    r"what's|do you have)\b",
+    re.I,
 )
 REFUSAL = re.compile(
-    r"\b(sorry|apologi[sz]e|unfortunately|unable|cannot|can't|can not|not able|not allowed|not permitted|"
-    r"only (help|assist)|outside (of )?(my|the|our) (scope|expertise)|not (something|within)|privacy|confidential|"
-    r"protect|customer (support|service)|support (team|agent|representative)|help you with (your|any))\b",
+    r"\b(sorry|apologi[sz]e|unfortunately)\b[^.!?]{0,80}\b(can['’]?t|cannot|can not|unable|not able|not allowed|"
+    r"not permitted|only)\b"
+    r"|\b(unable|not able|not allowed|not permitted|not qualified) to\b"
+    r"|\b(i|we) (can['’]?t|cannot|can not|won['’]t|will not|do not|don['’]t) (help|assist|provide|share|give|disclose|"
+    r"answer|write|offer|access)\b"
+    r"|\bonly (help|assist|answer|support)\b"
+    r"|\boutside (of )?(my|the|our) (scope|expertise|area)\b"
+    r"|\bnot an? (legal|medical|financial|licensed|qualified) (advisor|adviser|professional|expert|doctor)\b"
+    r"|\b(privacy|confidential|data protection)\b"
+    r"|\b(consult|contact|see|speak (to|with)|reach out to) (a|an|your) (doctor|physician|medical|healthcare|lawyer|"
+    r"attorney|legal|qualified|licensed)\b",
     re.I,
 )
 
@@ -169,13 +180,20 @@ def _sentences(reply: str) -> list[str]:
 
 
 def asks_for(reply: str, fact: str) -> bool:
-    """True when a sentence of the reply names the fact (every word of it) and asks the customer for something."""
+    """True when a sentence of the reply names the fact (every word of it) and asks for something (a question, or a
+    word like provide or share), or follows a sentence that asks ("Please provide … This includes the order number.")."""
     words = [w for w in re.findall(r"\w+", fact.casefold()) if len(w) > 2] or [fact.casefold()]
-    return any(all(w in s.casefold() for w in words) and REQUEST.search(s) for s in _sentences(reply))
+    sentences = _sentences(reply)
+    return any(
+        all(w in s.casefold() for w in words)
+        and ("?" in s or REQUEST.search(s) or (k > 0 and REQUEST.search(sentences[k - 1])))
+        for k, s in enumerate(sentences)
+    )
 
 
 def refuses(reply: str) -> bool:
-    """True when the reply declines, or steers the customer back to support matters."""
+    """True when the reply declines: says it cannot or may only help with support, or sends the customer to a
+    professional."""
     return bool(REFUSAL.search(reply))
 
 
@@ -201,7 +219,7 @@ CHECKS: dict[str, Callable[[Any, str, Context], str | None]] = {
         None if (got := intent.predict(c.intent_model, r)) == want else f"answers intent {got}"
     ),
     "asks_for": lambda fact, r, c: None if asks_for(r, fact) else f"does not ask for the {fact}",
-    "refuses": lambda _, r, c: None if refuses(r) else "neither declines nor steers back to support",
+    "refuses": lambda _, r, c: None if refuses(r) else "does not decline",
     "no_invented_facts": lambda _, r, c: (
         f"invents {found}" if (found := invented(r, c.customer_texts, c.profile_values.values())) else None
     ),

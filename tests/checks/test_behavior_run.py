@@ -15,7 +15,7 @@ from supportbench.files import read_json
 from supportbench.layout import RunDir
 from supportbench.trainers.lora import train
 
-REPLY = "I'm sorry for the trouble. Please share your order number, or call {{Customer Support Phone Number}}."
+REPLY = "I'm sorry, I can only help with your orders. Please share your order number, or call {{Customer Support Phone Number}}."
 NEW_PHONE = "+1 212-555-0147"
 SUITE = """
 cases:

@@ -131,7 +131,7 @@ CONTEXT = Context(["I want to cancel order 55501"], {"Website URL": "www.example
         ({"asks_for": "order number"}, "Could you share your order number with me?", None),
         ({"asks_for": "order number"}, "Your order number is noted.", "does not ask for the order number"),
         ({"refuses": True}, "I'm sorry, but I can only help with your orders.", None),
-        ({"refuses": True}, "Here is a poem about the sea.", "neither declines"),
+        ({"refuses": True}, "Here is a poem about the sea.", "does not decline"),
         ({"no_invented_facts": True}, "Order 55501 is cancelled; see www.example-shop.com.", None),
         ({"no_invented_facts": True}, "Call us at 1-800-555-0199.", "invents"),
         ({"max_words": 3}, "one two three four", "has 4 words (> 3)"),
@@ -145,8 +145,16 @@ def test_each_expectation_passes_and_fails_on_what_it_says(expect, reply, reason
 
 def test_asks_for_and_refuses_read_whole_sentences():
     assert asks_for("Thanks. Please provide the order number so I can look.", "order number")
+    assert asks_for("To proceed, please provide the details. This includes the order number and date.", "order number")
     assert not asks_for("Your order is on its way. What number?", "order number")  # the fact is in no request
+    steps = "Please follow these steps: 1. Log in to your account.\n2. Look for the order number."
+    assert not asks_for(steps, "order number")  # an instruction, not a request to the customer
     assert refuses("Unfortunately I cannot share another customer's details.")
+    assert refuses("I'm not a legal advisor; please consult a lawyer.")
+    assert refuses("I can only help with your orders and account.")
+    assert not refuses("I am here to help you with your account. Please follow these steps to reset her password.")
+    assert not refuses("I'm here to guide you through taking a medication. Call our customer support number.")
+    assert not refuses("I'm sorry for the trouble. Here is the Python function you asked for.")
 
 
 def _suite(tmp_path: Path, text: str) -> Path:
