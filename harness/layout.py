@@ -279,6 +279,7 @@ class EvalDir:
     behavior = property(lambda self: self.path / "behavior.json", doc="Behaviour cases: replies and verdicts.")
     behavior_md = property(lambda self: self.path / "behavior.md", doc="Behaviour pass rates and failing cases.")
     invariance = property(lambda self: self.path / "invariance.json", doc="Intent fidelity under perturbed queries.")
+    ratings = property(lambda self: self.path / "ratings.json", doc="What the preference votes say.")
 
     def summary(self) -> EvalSummary:
         """metrics.json, checked: its shape, and that every file this eval wrote is the one it recorded."""
@@ -329,6 +330,7 @@ class RunDir:
     loss_history = property(lambda self: self.path / "loss_history.json", doc="The Trainer's log history.")
     loss_curve = property(lambda self: self.path / "loss_curve.png", doc="Train and validation loss plot.")
     eval = property(lambda self: EvalDir(self.path / "eval"), doc="Base vs fine-tuned on the held-out split.")
+    ratings_store = property(lambda self: self.path / "ratings.sqlite", doc="Blind pairwise votes (SQLite).")
     ood = property(lambda self: EvalDir(self.path / "eval" / "ood"), doc="Base vs fine-tuned on the TWCS tweets.")
     bench_dir = property(lambda self: self.path / "bench", doc="Benchmark outputs.")
     bench_raw = property(lambda self: self.path / "bench" / "pytest_benchmark.json", doc="pytest-benchmark's JSON.")

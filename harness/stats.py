@@ -57,12 +57,15 @@ def paired_difference(base: Sequence[float], tuned: Sequence[float], seed: int) 
     return {**difference, "p_value": float(test.pvalue)}
 
 
-def wilson_interval(passed: int, n: int) -> dict[str, float]:
-    """A pass rate with its 95% Wilson score interval (scipy.stats.binomtest)."""
+def wilson_interval(passed: float, n: int) -> dict[str, float]:
+    """A share with its 95% Wilson score interval; `passed` may count ties as halves."""
     if n == 0:
         return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
-    low, high = stats.binomtest(passed, n).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
-    return {"mean": passed / n, "low": float(low), "high": float(high), "n": n}
+    z = float(stats.norm.ppf(1 - (1 - CONFIDENCE) / 2))
+    share = passed / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"mean": share, "low": max(0.0, centre - half), "high": min(1.0, centre + half), "n": n}
 
 
 def mcnemar_exact(only_first: int, only_second: int) -> float:

@@ -61,7 +61,9 @@ def test_the_package_top_holds_the_core_and_one_folder_per_stage():
     core = sorted(p.name for p in (ROOT / "harness").glob("*.py"))
     stages = sorted(p.parent.name for p in (ROOT / "harness").glob("*/__init__.py"))
     assert len(core) <= 12, core
-    assert stages == ["bench", "checks", "cli", "deploy", "evaluation", "experiments", "facts", "prepare", "serve"]
+    assert stages == [
+        *("bench", "checks", "cli", "deploy", "evaluation", "experiments", "facts", "preference", "prepare", "serve")
+    ]
 
 
 class _TaskLoader(yaml.SafeLoader):

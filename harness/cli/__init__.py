@@ -17,6 +17,7 @@ from supportbench.cli import (
     invariance,
     prepare,
     rank,
+    ratings,
     report,
     sweep,
     train,
@@ -36,6 +37,7 @@ COMMANDS = (
     sweep,
     export,
     app,
+    ratings,
     info,
 )  # in --help's order
 

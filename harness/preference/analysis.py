@@ -1,0 +1,185 @@
+"""What the votes say: win rates per pair of variants (ties as half) with Wilson intervals, Bradley–Terry ratings
+with bootstrap intervals for three or more variants, position bias, agreement between raters, and the votes still
+needed to tell two variants apart."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from supportbench.stats import CONFIDENCE, wilson_interval
+
+BT_RESAMPLES = 1000
+ELO_SCALE = 400 / math.log(10)  # ratings on the Elo scale, as Chatbot Arena shows them
+
+
+def winner(vote: dict[str, Any]) -> str | None:
+    """The variant a vote prefers; None for a tie or "both bad"."""
+    return {"A": vote["variant_a"], "B": vote["variant_b"]}.get(vote["choice"])
+
+
+def variants_of(vote: dict[str, Any]) -> tuple[str, str]:
+    """The vote's two variants, sorted: the key of its pair of variants."""
+    return tuple(sorted((vote["variant_a"], vote["variant_b"])))  # type: ignore[return-value]
+
+
+def votes_to_separate(share: float, n: int) -> int | None:
+    """Votes at which a win share like this one has a 95% interval that excludes one half (normal approximation);
+    None when the share is one half (nothing to separate), and at least n when they already are."""
+    if abs(share - 0.5) < 1e-12:
+        return None
+    z = stats.norm.ppf(1 - (1 - CONFIDENCE) / 2)
+    return max(2, math.ceil(z * z * share * (1 - share) / (share - 0.5) ** 2))
+
+
+def pair_table(votes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per pair of variants: votes, wins of each, ties and both-bad, the first variant's win rate (ties as half)
+    with its Wilson interval, and the planner's votes needed."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for vote in votes:
+        groups[variants_of(vote)].append(vote)
+    rows = []
+    for (first, second), members in sorted(groups.items()):
+        wins = {first: 0, second: 0}
+        for vote in members:
+            if (won := winner(vote)) is not None:
+                wins[won] += 1
+        ties = sum(v["choice"] == "tie" for v in members)
+        both_bad = sum(v["choice"] == "both_bad" for v in members)
+        rate = wilson_interval(wins[first] + (ties + both_bad) / 2, len(members))
+        needed = votes_to_separate(rate["mean"], len(members))
+        rows.append(
+            {
+                "variants": [first, second],
+                "votes": len(members),
+                "wins": wins,
+                "ties": ties,
+                "both_bad": both_bad,
+                "win_rate": {"variant": first, **rate},
+                "separated": rate["low"] > 0.5 or rate["high"] < 0.5,
+                "votes_to_separate": needed,
+                "more_votes_needed": None if needed is None else max(0, needed - len(members)),
+            }
+        )
+    return rows
+
+
+def _strengths(names: list[str], wins: np.ndarray) -> np.ndarray:
+    """Bradley–Terry strengths by Hunter's MM iterations; wins[i, j] counts i over j (ties as halves)."""
+    games = wins + wins.T
+    strength = np.ones(len(names))
+    for _ in range(1000):
+        denominators = (games / (strength[:, None] + strength[None, :] + 1e-300)).sum(axis=1)
+        updated = (wins.sum(axis=1) + 0.5) / np.maximum(
+            denominators, 1e-300
+        )  # +0.5: a variant that never won stays finite
+        updated /= np.exp(np.log(updated).mean())
+        if np.allclose(updated, strength, rtol=1e-9, atol=0):
+            break
+        strength = updated
+    return strength
+
+
+def _win_matrix(names: list[str], votes: Sequence[dict[str, Any]]) -> np.ndarray:
+    index = {name: i for i, name in enumerate(names)}
+    wins = np.zeros((len(names), len(names)))
+    for vote in votes:
+        a, b = index[vote["variant_a"]], index[vote["variant_b"]]
+        won = winner(vote)
+        if won is None:
+            wins[a, b] += 0.5
+            wins[b, a] += 0.5
+        else:
+            wins[index[won], b if index[won] == a else a] += 1
+    return wins
+
+
+def bradley_terry(votes: Sequence[dict[str, Any]], seed: int) -> dict[str, dict[str, float]] | None:
+    """Bradley–Terry ratings (Elo scale, mean 0) with 95% percentile intervals over votes resampled with replacement;
+    None for fewer than three variants (a win rate says it all)."""
+    names = sorted({v["variant_a"] for v in votes} | {v["variant_b"] for v in votes})
+    if len(names) < 3:
+        return None
+    ratings = lambda sample: ELO_SCALE * np.log(_strengths(names, _win_matrix(names, sample)))  # noqa: E731
+    point = ratings(votes)
+    rng = np.random.default_rng(seed)
+    resampled = np.array(
+        [ratings([votes[i] for i in rng.integers(0, len(votes), len(votes))]) for _ in range(BT_RESAMPLES)]
+    )
+    low, high = np.percentile(resampled, [2.5, 97.5], axis=0)
+    return {n: {"rating": float(point[i]), "low": float(low[i]), "high": float(high[i])} for i, n in enumerate(names)}
+
+
+def position_bias(votes: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The share of decisive votes won by the left reply (A), with its Wilson interval; one half is no bias."""
+    decisive = [v for v in votes if v["choice"] in ("A", "B")]
+    return wilson_interval(sum(v["choice"] == "A" for v in decisive), len(decisive))
+
+
+def rater_agreement(votes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Where two raters voted on the same pair: how often their verdicts (the variant preferred, or a tie) agree,
+    and Cohen's kappa over those pairs (the first two raters of each pair)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    by_pair: dict[str, dict[str, str]] = defaultdict(dict)
+    for vote in votes:
+        by_pair[vote["pair"]].setdefault(vote["rater"], winner(vote) or "tie")
+    shared = [list(raters.values())[:2] for raters in by_pair.values() if len(raters) >= 2]
+    if not shared:
+        return {"shared_pairs": 0, "agreement": None, "cohen_kappa": None}
+    first, second = zip(*shared, strict=True)
+    agree = sum(a == b for a, b in shared)
+    kappa = float(cohen_kappa_score(first, second)) if len(set(first) | set(second)) > 1 else 1.0
+    return {"shared_pairs": len(shared), "agreement": wilson_interval(agree, len(shared)), "cohen_kappa": kappa}
+
+
+def summarize(votes: Sequence[dict[str, Any]], seed: int = 1234) -> dict[str, Any]:
+    """Everything `supportbench ratings` reports, from the store's votes."""
+    raters = sorted({v["rater"] for v in votes})
+    return {
+        "votes": len(votes),
+        "raters": raters,
+        "pairs": pair_table(votes),
+        "bradley_terry": bradley_terry(list(votes), seed),
+        "position_bias_left": position_bias(votes),
+        "rater_agreement": rater_agreement(votes),
+        "reasons": dict(sorted(Counter(r for v in votes for r in v["reasons"]).items())),
+    }
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The votes per pair of variants with the win rate, then position bias and rater agreement."""
+    lines = [f"{summary['votes']} votes by {len(summary['raters'])} rater(s)"]
+    for row in summary["pairs"]:
+        first, second = row["variants"]
+        rate = row["win_rate"]
+        more = row["more_votes_needed"]
+        plan = (
+            "no difference seen"
+            if more is None
+            else ("separated" if row["separated"] else f"about {more} more votes to separate")
+        )
+        lines.append(
+            f"{first} vs {second}: {row['votes']} votes, {first} wins {row['wins'][first]}, {second} wins "
+            f"{row['wins'][second]}, ties {row['ties']}, both bad {row['both_bad']}; {first} win rate "
+            f"{rate['mean']:.0%} [{rate['low']:.0%}, {rate['high']:.0%}] ({plan})"
+        )
+    for name, r in (summary["bradley_terry"] or {}).items():
+        lines.append(f"Bradley-Terry {name}: {r['rating']:+.0f} [{r['low']:+.0f}, {r['high']:+.0f}]")
+    bias = summary["position_bias_left"]
+    if bias["n"]:
+        lines.append(
+            f"left reply wins {bias['mean']:.0%} [{bias['low']:.0%}, {bias['high']:.0%}] of {bias['n']} decisive votes"
+        )
+    agreement = summary["rater_agreement"]
+    if agreement["shared_pairs"]:
+        a = agreement["agreement"]
+        lines.append(
+            f"raters agree on {a['mean']:.0%} of {agreement['shared_pairs']} shared pairs (Cohen's kappa {agreement['cohen_kappa']:.2f})"
+        )
+    return lines
