@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> None:
     """Serve the Gradio app for a run."""
     from supportbench.serve.app import serve
 
-    serve(Path(args.run), port=args.port, share=args.share, backend=args.serve, profile=args.profile)
+    ratings = Path(args.ratings) if args.ratings else None
+    serve(Path(args.run), port=args.port, share=args.share, backend=args.serve, profile=args.profile, ratings=ratings)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         sub,
         "app",
         run,
-        "serve the Gradio assistant (Chat, Base vs Fine-Tuned, Model Performance)",
+        "serve the Gradio assistant (Chat, Base vs Fine-Tuned, Rate, Model Performance)",
         "Start the Gradio app for a run on 127.0.0.1: the fine-tuned model in Chat, base and fine-tuned side by "
         "side, and the run's metrics, loss curve, latency and memory.",
         run_folder="a finished training run folder",
@@ -48,3 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="auto: the exported model when `supportbench export` wrote one, else transformers (default: %(default)s)",
     )
     add_profile_option(p, "in the chat, the comparison and the /v1 API")
+    p.add_argument(
+        "--ratings",
+        metavar="DB",
+        help="the preference store the Rate tab writes its votes to, shareable across runs (default: RUN/ratings.sqlite)",
+    )

@@ -52,7 +52,7 @@ def _export_run(run_dir: Path, to: str, force: bool, profile_file: str | Path | 
         except SupportBenchError as err:  # a damaged record: export again over it
             print(f"exporting again: {err}")
         else:
-            if done.adapter_sha256 == _adapter_sha(run) and to in done.formats:
+            if done.adapter_sha256 == adapter_sha256(run) and to in done.formats:
                 return _with_profile(run, done.model_dump(), profile)  # the weights stand; the profile may be new
     if to != "merged":
         runtime.require_ctranslate2()  # before minutes of merging
@@ -69,7 +69,7 @@ def _export_run(run_dir: Path, to: str, force: bool, profile_file: str | Path | 
         "run": str(run.path),
         "base_model": trained.base_model,
         "architecture": (model.config.architectures or [type(model).__name__])[0],
-        "adapter_sha256": _adapter_sha(run),
+        "adapter_sha256": adapter_sha256(run),
         "formats": {"merged": {"path": str(run.merged), "dtype": "float32", "size_mib": folder_mib(run.merged)}},
     }
     if to != "merged":
@@ -98,7 +98,8 @@ def _with_profile(run: RunDir, manifest: dict[str, Any], profile: Profile) -> di
     return manifest
 
 
-def _adapter_sha(run: RunDir) -> str:
+def adapter_sha256(run: RunDir) -> str:
+    """The sha256 of the run's adapter weights: what an export, or a vote, was made from."""
     return sha256_file(run.adapter / "adapter_model.safetensors")
 
 
@@ -108,7 +109,7 @@ def exported_format(run_dir: Path) -> str | None:
     if not run.export_manifest.is_file():
         return None
     record = run.export_record()
-    if record.adapter_sha256 != _adapter_sha(run):
+    if record.adapter_sha256 != adapter_sha256(run):
         raise SupportBenchError(
             f"{run.export_dir} was exported from another adapter than {run.adapter}; run `supportbench export --force`"
         )

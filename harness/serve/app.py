@@ -1,4 +1,5 @@
-"""The Gradio app: Chat, Base vs Fine-Tuned, and Model Performance, all driven by one run folder."""
+"""The Gradio app: Chat, Base vs Fine-Tuned, Rate (blind pairwise votes) and Model Performance, all driven by one
+run folder."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 
 from supportbench.files import SupportBenchError
 from supportbench.layout import RunDir
+from supportbench.preference.store import REASONS
 from supportbench.reports.render import collect_run, render
 from supportbench.serve.assistant import Assistant
 from supportbench.serve.openai_api import openai_routes
+from supportbench.serve.rate import CHOICE_LABELS, RateSession
 from supportbench.templates import Turn
 
 UPLOAD_LIMIT = "1kb"  # the app takes no uploads; Gradio's limit turns any attempt away
@@ -105,12 +108,13 @@ def performance_markdown(run_dir: Path) -> str:
     return render("report.j2", "md", run=collect_run(run_dir), show_loss_curve=False, inline_images=True)
 
 
-def build_app(run_dir: Path, assistant: Assistant | None = None):
-    """The Gradio Blocks app for a run folder."""
+def build_app(run_dir: Path, assistant: Assistant | None = None, ratings: Path | None = None):
+    """The Gradio Blocks app for a run folder; the Rate tab's votes go to `ratings` (default RUN/ratings.sqlite)."""
     import anyio
     import gradio as gr
 
     assistant = assistant or Assistant(run_dir)
+    rating = RateSession(Path(run_dir), assistant, ratings)
     curve = RunDir(run_dir).loss_curve
     cap = assistant.decoding.max_new_tokens  # the run's budget: its training replies' p99 length
     slider_max = max(512, cap)
@@ -161,6 +165,51 @@ def build_app(run_dir: Path, assistant: Assistant | None = None):
                 outputs=[base_text, base_latency, tuned_text, tuned_latency],
                 api_name="compare",
             )
+        with gr.Tab("Rate", id="rate"), gr.Column(elem_id="rate"):
+            gr.Markdown(
+                "Which reply would you send to this customer? The two replies come from two models in a random "
+                "order; which is which is shown once your vote is stored."
+            )
+            rater = gr.Textbox(label="Your name", elem_id="rate-rater", max_lines=1)
+            rate_query = gr.Textbox(
+                label="Customer query (leave empty for the next test query)", elem_id="rate-query", max_lines=4
+            )
+            rate_tokens = gr.Slider(16, slider_max, value=cap, step=8, label="Max reply tokens")
+            next_pair = gr.Button("Next pair", variant="primary", elem_id="rate-next")
+            shown_query = gr.Markdown(elem_id="rate-shown-query")
+            with gr.Row():
+                reply_a = gr.Textbox(label="Reply A", lines=8, elem_id="rate-a", interactive=False)
+                reply_b = gr.Textbox(label="Reply B", lines=8, elem_id="rate-b", interactive=False)
+            reasons = gr.CheckboxGroup(list(REASONS), label="Why (optional)", elem_id="rate-reasons")
+            with gr.Row():
+                vote_buttons = {c: gr.Button(label, elem_id=f"rate-{c}") for c, label in CHOICE_LABELS.items()}
+            verdict = gr.Markdown(elem_id="rate-verdict")
+            shown_pair = gr.State(None)  # the stored pair's id, kept on the server: the page never holds the variants
+
+            def on_next(typed, tokens):
+                try:
+                    pair = rating.new_pair(typed, tokens)
+                except SupportBenchError as err:
+                    return f"⚠️ {err}", "", "", None, "", []
+                return f"**Customer:** {pair.query}", pair.reply_a, pair.reply_b, pair.id, "", []
+
+            next_pair.click(
+                on_next,
+                inputs=[rate_query, rate_tokens],
+                outputs=[shown_query, reply_a, reply_b, shown_pair, verdict, reasons],
+                api_name=False,
+            )
+            for choice, button in vote_buttons.items():
+
+                def on_vote(pair_id, name, why, choice=choice):
+                    try:
+                        return rating.vote(pair_id, name, choice, why or []), None
+                    except SupportBenchError as err:
+                        return f"⚠️ {err}", pair_id
+
+                button.click(
+                    on_vote, inputs=[shown_pair, rater, reasons], outputs=[verdict, shown_pair], api_name=False
+                )
         with gr.Tab("Model Performance", id="performance"):
             gr.Markdown(performance_markdown(run_dir), elem_id="performance")
             if curve.is_file():
@@ -183,7 +232,12 @@ def require_free_port(port: int) -> None:
 
 
 def serve(
-    run_dir: Path, port: int = 7860, share: bool = False, backend: str = "auto", profile: str | None = None
+    run_dir: Path,
+    port: int = 7860,
+    share: bool = False,
+    backend: str = "auto",
+    profile: str | None = None,
+    ratings: Path | None = None,
 ) -> None:
     """Serve the app and the OpenAI-compatible /v1 routes on 127.0.0.1 (analytics off; a share link only if asked)."""
     require_free_port(port)
@@ -194,7 +248,7 @@ def serve(
 
     assistant = Assistant(Path(run_dir), serve=backend, max_batch=CONCURRENT_REQUESTS, profile=profile)
     print(f"serving {assistant.model_name}: {assistant.backend.description}")
-    blocks = build_app(Path(run_dir), assistant)
+    blocks = build_app(Path(run_dir), assistant, ratings)
     if share:  # a share link needs Gradio's own launcher, which serves the UI only
         blocks.launch(
             server_name="127.0.0.1", server_port=port, share=True, show_error=True, **file_access(Path(run_dir))
