@@ -280,6 +280,7 @@ class EvalDir:
     behavior_md = property(lambda self: self.path / "behavior.md", doc="Behaviour pass rates and failing cases.")
     invariance = property(lambda self: self.path / "invariance.json", doc="Intent fidelity under perturbed queries.")
     ratings = property(lambda self: self.path / "ratings.json", doc="What the preference votes say.")
+    judge = property(lambda self: self.path / "judge.json", doc="A model judge's answers and its agreement.")
 
     def summary(self) -> EvalSummary:
         """metrics.json, checked: its shape, and that every file this eval wrote is the one it recorded."""

@@ -15,6 +15,7 @@ from supportbench.cli import (
     gate,
     info,
     invariance,
+    judge,
     prepare,
     rank,
     ratings,
@@ -38,6 +39,7 @@ COMMANDS = (
     export,
     app,
     ratings,
+    judge,
     info,
 )  # in --help's order
 

@@ -121,15 +121,25 @@ def position_bias(votes: Sequence[dict[str, Any]]) -> dict[str, float]:
     return wilson_interval(sum(v["choice"] == "A" for v in decisive), len(decisive))
 
 
-def rater_agreement(votes: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Where two raters voted on the same pair: how often their verdicts (the variant preferred, or a tie) agree,
-    and Cohen's kappa over those pairs (the first two raters of each pair)."""
-    from sklearn.metrics import cohen_kappa_score
+JUDGE_PREFIX = "judge:"  # the rater name of a model judge's votes (supportbench judge)
 
+
+def is_human(vote: dict[str, Any]) -> bool:
+    """True for a person's vote, False for a model judge's."""
+    return not vote["rater"].startswith(JUDGE_PREFIX)
+
+
+def _verdicts(votes: Sequence[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Each pair's verdict (the variant preferred, or "tie") by rater, their first vote on it."""
     by_pair: dict[str, dict[str, str]] = defaultdict(dict)
     for vote in votes:
         by_pair[vote["pair"]].setdefault(vote["rater"], winner(vote) or "tie")
-    shared = [list(raters.values())[:2] for raters in by_pair.values() if len(raters) >= 2]
+    return by_pair
+
+
+def _agreement(shared: list[tuple[str, str]]) -> dict[str, Any]:
+    from sklearn.metrics import cohen_kappa_score
+
     if not shared:
         return {"shared_pairs": 0, "agreement": None, "cohen_kappa": None}
     first, second = zip(*shared, strict=True)
@@ -138,23 +148,50 @@ def rater_agreement(votes: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"shared_pairs": len(shared), "agreement": wilson_interval(agree, len(shared)), "cohen_kappa": kappa}
 
 
+def rater_agreement(votes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Where two people voted on the same pair: how often their verdicts (the variant preferred, or a tie) agree,
+    and Cohen's kappa over those pairs (the first two raters of each pair)."""
+    by_pair = _verdicts([v for v in votes if is_human(v)])
+    return _agreement([tuple(list(r.values())[:2]) for r in by_pair.values() if len(r) >= 2])  # type: ignore[misc]
+
+
+def judge_agreement(votes: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model judge: on the pairs a person also voted on, how often the judge's verdict is the person's (the
+    judge's accuracy) and Cohen's kappa."""
+    by_pair = _verdicts(votes)
+    judges = sorted({v["rater"] for v in votes if not is_human(v)})
+    table = {}
+    for judge in judges:
+        shared = []
+        for raters in by_pair.values():
+            people = [verdict for rater, verdict in raters.items() if not rater.startswith(JUDGE_PREFIX)]
+            if judge in raters and people:
+                shared.append((people[0], raters[judge]))
+        table[judge] = _agreement(shared)
+    return table
+
+
 def summarize(votes: Sequence[dict[str, Any]], seed: int = 1234) -> dict[str, Any]:
     """Everything `supportbench ratings` reports, from the store's votes."""
-    raters = sorted({v["rater"] for v in votes})
+    human = [v for v in votes if is_human(v)]
     return {
-        "votes": len(votes),
-        "raters": raters,
-        "pairs": pair_table(votes),
-        "bradley_terry": bradley_terry(list(votes), seed),
-        "position_bias_left": position_bias(votes),
-        "rater_agreement": rater_agreement(votes),
-        "reasons": dict(sorted(Counter(r for v in votes for r in v["reasons"]).items())),
+        "votes": len(human),
+        "raters": sorted({v["rater"] for v in human}),
+        "judge_votes": len(votes) - len(human),
+        "pairs": pair_table(human),
+        "bradley_terry": bradley_terry(human, seed),
+        "position_bias_left": position_bias(human),
+        "rater_agreement": rater_agreement(human),
+        "judges": judge_agreement(votes),
+        "reasons": dict(sorted(Counter(r for v in human for r in v["reasons"]).items())),
     }
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The votes per pair of variants with the win rate, then position bias and rater agreement."""
     lines = [f"{summary['votes']} votes by {len(summary['raters'])} rater(s)"]
+    if summary["judge_votes"]:
+        lines.append(f"{summary['judge_votes']} model-judge votes, kept apart from the people's")
     for row in summary["pairs"]:
         first, second = row["variants"]
         rate = row["win_rate"]
@@ -180,6 +217,16 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     if agreement["shared_pairs"]:
         a = agreement["agreement"]
         lines.append(
-            f"raters agree on {a['mean']:.0%} of {agreement['shared_pairs']} shared pairs (Cohen's kappa {agreement['cohen_kappa']:.2f})"
+            f"raters agree on {a['mean']:.0%} of {agreement['shared_pairs']} shared pairs "
+            f"(Cohen's kappa {agreement['cohen_kappa']:.2f})"
         )
+    for judge, row in summary["judges"].items():
+        if row["shared_pairs"]:
+            a = row["agreement"]
+            lines.append(
+                f"{judge} agrees with the people on {a['mean']:.0%} [{a['low']:.0%}, {a['high']:.0%}] of "
+                f"{row['shared_pairs']} pairs (Cohen's kappa {row['cohen_kappa']:.2f})"
+            )
+        else:
+            lines.append(f"{judge}: no pair a person also voted on")
     return lines

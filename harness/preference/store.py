@@ -131,6 +131,11 @@ class PreferenceStore:
             raise SupportBenchError(f"unknown pair {pair_id!r}")
         return Pair(*row[:6], json.loads(row[6]))
 
+    def pair_ids(self) -> list[str]:
+        """Every stored pair's id, oldest first."""
+        with self._connection() as db:
+            return [row[0] for row in db.execute("SELECT id FROM pairs ORDER BY created, rowid")]
+
     def votes(self) -> list[dict[str, Any]]:
         """Every vote with its pair, oldest first."""
         query = (
