@@ -90,6 +90,13 @@ def corpus_bleu(predictions: list[str], references: list[str]) -> float:
     return sacrebleu.corpus_bleu(predictions, [references], smooth_method="none", tokenize="13a").score / 100
 
 
+def sentence_bleu(prediction: str, reference: str) -> float:
+    """BLEU-4 of one reply in 0..1 (sacrebleu's sentence BLEU, 13a tokens, its default exponential smoothing)."""
+    import sacrebleu
+
+    return sacrebleu.sentence_bleu(prediction, [reference], tokenize="13a").score / 100
+
+
 def bleu_statistics(predictions: list[str], references: list[str]) -> list[list[int]]:
     """Per-reply BLEU sufficient statistics (length, reference length, 1-4-gram matches, 1-4-gram totals) from
     sacrebleu; summed over any subset, they give that subset's corpus BLEU (bleu_from_statistics)."""

@@ -69,6 +69,8 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
         "gate": _optional_json(run.gate("json")),
         "behavior": _optional_json(run.eval.behavior),
         "invariance": _optional_json(run.eval.invariance),
+        "ratings": _optional_json(run.eval.ratings),
+        "judge": _optional_json(run.eval.judge),
         "forest_png": _optional_png(run.eval.forest),
         "forest_file": str(run.eval.forest.relative_to(run.path)),
         "ood": _optional_json(run.ood.metrics),

@@ -229,4 +229,53 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             )
         else:
             lines.append(f"{judge}: no pair a person also voted on")
+    agreement = summary.get("metric_agreement")
+    if agreement:
+        lines.append(
+            f"which metric prefers what the people prefer ({agreement['votes_with_a_winner']} votes with a winner; "
+            f"{agreement['without_reference_excluded']} on typed queries without a reference excluded):"
+        )
+        for name, row in agreement["metrics"].items():
+            a = row["agreement"]
+            shown = (
+                "no pair to judge" if not row["pairs_judged"] else f"{a['mean']:.0%} [{a['low']:.0%}, {a['high']:.0%}]"
+            )
+            lines.append(
+                f"  {name:<22}{shown} of {row['pairs_judged']} pairs ({row['metric_ties_excluded']} metric ties excluded)"
+            )
     return lines
+
+
+def metric_agreement(
+    votes: Sequence[dict[str, Any]], scorers: dict[str, tuple[Any, bool]], references: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """For each automatic metric, how often its preference on a rated pair is the people's: over the votes with a
+    winner on pairs whose query has a reference (a test query), the metric prefers the reply it scores better
+    (`scorers`: name -> (score(reply, reference_row), higher is better)). Votes without a winner, pairs without a
+    reference, and pairs the metric scores equal are excluded and counted."""
+    human = [v for v in votes if is_human(v)]
+    decided = [v for v in human if winner(v) is not None]
+    referenced = [v for v in decided if v["query"] in references]
+    table = {}
+    for name, (score, higher_is_better) in scorers.items():
+        agree = equal = 0
+        for vote in referenced:
+            row = references[vote["query"]]
+            a, b = score(vote["reply_a"], row), score(vote["reply_b"], row)
+            if a is None or b is None or a == b:
+                equal += 1
+                continue
+            metric_choice = "A" if (a > b) == higher_is_better else "B"
+            agree += metric_choice == vote["choice"]
+        judged = len(referenced) - equal
+        table[name] = {
+            "agreement": wilson_interval(agree, judged),
+            "pairs_judged": judged,
+            "metric_ties_excluded": equal,
+        }
+    return {
+        "votes_with_a_winner": len(decided),
+        "people_ties_excluded": len(human) - len(decided),
+        "without_reference_excluded": len(decided) - len(referenced),
+        "metrics": table,
+    }

@@ -124,6 +124,38 @@ def test_supportbench_ratings_reports_the_store(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "8 votes by 1 rater(s)" in out and "base vs finetuned: 8 votes, base wins 2, finetuned wins 6" in out
     written = read_json(run.eval.ratings)
-    assert written == {"store": str(run.ratings_store), **summarize(store.votes())}
+    assert written == {"store": str(run.ratings_store), **summarize(store.votes()), "metric_agreement": None}
     assert main(["ratings", "--run", str(tmp_path / "other")]) == 2
     assert "no preference store" in capsys.readouterr().err
+
+
+def test_the_report_says_which_metric_prefers_what_the_raters_prefer(tiny_run, tmp_path, capsys):
+    """People prefer the reference-like reply on test queries: every metric that reads the reference agrees; a
+    typed query and a tie are excluded and counted."""
+    from helpers import trained_copy
+
+    from supportbench.facts.profile import profile_for_run
+    from supportbench.reports.render import write_run_report
+    from supportbench.tasks.customer_support.utils import read_reference
+
+    run = RunDir(trained_copy(tiny_run, tmp_path / "run"))
+    store = PreferenceStore(run.ratings_store)
+    rng = random.Random(5)
+    profile = profile_for_run(run.data, None)
+    for row in run.data.rows("test")[:6]:
+        replies = {"finetuned": read_reference(row, profile), "base": "Hello there."}
+        _vote_for(store, store.add_pair(row["instruction"], replies, {}, rng), "finetuned")
+    store.vote(_pair(store, rng).id, "ana", "tie")  # "where is my order?" is typed, not a test query
+    _vote_for(store, _pair(store, rng), "finetuned")
+    assert main(["ratings", "--run", str(run.path)]) == 0
+    agreement = read_json(run.eval.ratings)["metric_agreement"]
+    assert agreement["votes_with_a_winner"] == 7 and agreement["people_ties_excluded"] == 1
+    assert agreement["without_reference_excluded"] == 1
+    for name in ("rougeL", "bleu", "semantic_similarity"):
+        assert (
+            agreement["metrics"][name]["agreement"]["mean"] == 1.0 and agreement["metrics"][name]["pairs_judged"] == 6
+        )
+    assert "rougeL                100% [" in capsys.readouterr().out
+    markdown = write_run_report(run.path)[1].read_text()
+    preference = markdown.split("## Human preference")[1].split("## Quality")[0]
+    assert "| ROUGE-L | 100% [61%, 100%] | 6 | 0 |" in preference and "| perplexity | — |" in preference
