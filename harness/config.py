@@ -356,6 +356,11 @@ class RankConfig:
     ppl_limit: int | None = option(None, "perplexity examples per model (none: the whole split)")
     max_steps: int | None = option(None, "cap training steps per model")
     data: str | None = option(None, f"data for runs without a prepared split (default: ${DATA_ENV})")
+    ratings: str | None = option(
+        None,
+        "a preference store whose votes compare the ranked models' runs (app --rate-against): the leaderboard shows "
+        "their human-preference rating",
+    )
 
     def validate(self) -> None:
         """Reject an empty model list, an unknown preset or metric, and sizes that make no sense."""

@@ -269,6 +269,15 @@ def leaderboard_chart(rows: list[dict[str, Any]], metric: str, path: Path) -> di
     return {"chart_png": base64.b64encode(png).decode("ascii"), "chart_file": path.name}
 
 
+def preference_cell(rating: dict[str, Any] | None) -> str:
+    """A leaderboard cell: the Bradley–Terry rating or the win rate, with its interval and votes."""
+    if rating is None:
+        return "—"
+    if rating["kind"] == "bradley_terry":
+        return f"{rating['rating']:+.0f} [{rating['low']:+.0f}, {rating['high']:+.0f}] BT, {rating['votes']} votes"
+    return f"{share(rating['mean'])} [{share(rating['low'])}, {share(rating['high'])}] wins, {rating['votes']} votes"
+
+
 def write_leaderboard(leaderboard: dict[str, Any], out_dir: Path) -> list[Path]:
     """Render leaderboard.html and leaderboard.md from a leaderboard.json dict."""
     metric = leaderboard["metric"]
@@ -293,6 +302,8 @@ def write_leaderboard(leaderboard: dict[str, Any], out_dir: Path) -> list[Path]:
         ("tokens/s batch 1", value("tokens_per_s_batch1", 1)),
         ("peak RSS (MiB)", value("peak_rss_mib", 0)),
     ]
+    if any("human_preference" in r for r in rows):
+        table.append(("human preference (people's votes)", [preference_cell(r.get("human_preference")) for r in rows]))
     notes = [
         f"Ranked by fine-tuned {METRICS[metric].label}; preset {leaderboard['preset']}; latency and memory of the merged "
         "model, in the benchmark mode each row names. Figures come from each run's files."

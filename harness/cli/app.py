@@ -25,8 +25,15 @@ def run(args: argparse.Namespace) -> None:
     """Serve the Gradio app for a run."""
     from supportbench.serve.app import serve
 
-    ratings = Path(args.ratings) if args.ratings else None
-    serve(Path(args.run), port=args.port, share=args.share, backend=args.serve, profile=args.profile, ratings=ratings)
+    serve(
+        Path(args.run),
+        port=args.port,
+        share=args.share,
+        backend=args.serve,
+        profile=args.profile,
+        ratings=Path(args.ratings) if args.ratings else None,
+        rate_against=Path(args.rate_against) if args.rate_against else None,
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,4 +60,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--ratings",
         metavar="DB",
         help="the preference store the Rate tab writes its votes to, shareable across runs (default: RUN/ratings.sqlite)",
+    )
+    p.add_argument(
+        "--rate-against",
+        metavar="RUN",
+        help="the Rate tab compares this run's fine-tuned model with RUN's, each named by its folder (default: base "
+        "against fine-tuned)",
     )

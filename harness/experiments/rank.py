@@ -104,9 +104,42 @@ def collect(config: RankConfig, out_dir: Path) -> dict[str, Any]:
         key=lambda r: r["finetuned"][config.metric],
         reverse=METRICS[config.metric].higher_is_better,
     )
+    if config.ratings:
+        add_preference(ok, board, Path(config.ratings))
     leaderboard = {**asdict(config), "rows": ok + [r for r in rows if r["status"] != "ok"]}
     write_json(board.page("json"), leaderboard)
     return leaderboard
+
+
+def add_preference(rows: list[dict[str, Any]], board: BoardDir, store: Path) -> None:
+    """Each row's human-preference rating from the store's people's votes between the ranked runs (variants named
+    by run folder): Bradley–Terry on the Elo scale with its interval for three or more models, else the win rate."""
+    from supportbench.preference.analysis import summarize
+    from supportbench.preference.store import PreferenceStore
+
+    if not store.is_file():
+        raise SupportBenchError(f"--ratings {store}: no preference store there")
+    names = {board.run(r["model"]).path.name: r for r in rows}
+    votes = [v for v in PreferenceStore(store).votes() if {v["variant_a"], v["variant_b"]} <= names.keys()]
+    summary = summarize(votes)
+    for name, row in names.items():
+        if summary["bradley_terry"] and name in summary["bradley_terry"]:
+            rating = summary["bradley_terry"][name]
+            row["human_preference"] = {"kind": "bradley_terry", **rating, "votes": len(votes)}
+        for pair in summary["pairs"]:
+            if not summary["bradley_terry"] and name in pair["variants"]:
+                rate = pair["win_rate"]
+                share = rate["mean"] if rate["variant"] == name else 1 - rate["mean"]
+                low, high = (
+                    (rate["low"], rate["high"]) if rate["variant"] == name else (1 - rate["high"], 1 - rate["low"])
+                )
+                row["human_preference"] = {
+                    "kind": "win_rate",
+                    "mean": share,
+                    "low": low,
+                    "high": high,
+                    "votes": pair["votes"],
+                }
 
 
 def rank(config: RankConfig, out_dir: Path) -> dict[str, Any]:

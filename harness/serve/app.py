@@ -108,13 +108,19 @@ def performance_markdown(run_dir: Path) -> str:
     return render("report.j2", "md", run=collect_run(run_dir), show_loss_curve=False, inline_images=True)
 
 
-def build_app(run_dir: Path, assistant: Assistant | None = None, ratings: Path | None = None):
-    """The Gradio Blocks app for a run folder; the Rate tab's votes go to `ratings` (default RUN/ratings.sqlite)."""
+def build_app(
+    run_dir: Path,
+    assistant: Assistant | None = None,
+    ratings: Path | None = None,
+    rate_against: tuple[Path, Assistant] | None = None,
+):
+    """The Gradio Blocks app for a run folder; the Rate tab's votes go to `ratings` (default RUN/ratings.sqlite),
+    on base against fine-tuned, or on this run's fine-tuned model against `rate_against`'s."""
     import anyio
     import gradio as gr
 
     assistant = assistant or Assistant(run_dir)
-    rating = RateSession(Path(run_dir), assistant, ratings)
+    rating = RateSession(Path(run_dir), assistant, ratings, against=rate_against)
     curve = RunDir(run_dir).loss_curve
     cap = assistant.decoding.max_new_tokens  # the run's budget: its training replies' p99 length
     slider_max = max(512, cap)
@@ -238,6 +244,7 @@ def serve(
     backend: str = "auto",
     profile: str | None = None,
     ratings: Path | None = None,
+    rate_against: Path | None = None,
 ) -> None:
     """Serve the app and the OpenAI-compatible /v1 routes on 127.0.0.1 (analytics off; a share link only if asked)."""
     require_free_port(port)
@@ -248,7 +255,13 @@ def serve(
 
     assistant = Assistant(Path(run_dir), serve=backend, max_batch=CONCURRENT_REQUESTS, profile=profile)
     print(f"serving {assistant.model_name}: {assistant.backend.description}")
-    blocks = build_app(Path(run_dir), assistant, ratings)
+    against = None
+    if rate_against is not None:  # the other run's model, served the same way, for the Rate tab only
+        against = (
+            Path(rate_against),
+            Assistant(Path(rate_against), serve=backend, max_batch=CONCURRENT_REQUESTS, profile=profile),
+        )
+    blocks = build_app(Path(run_dir), assistant, ratings, against)
     if share:  # a share link needs Gradio's own launcher, which serves the UI only
         blocks.launch(
             server_name="127.0.0.1", server_port=port, share=True, show_error=True, **file_access(Path(run_dir))

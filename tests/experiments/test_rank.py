@@ -56,3 +56,37 @@ def test_rank_only_jobs_then_collect_build_the_leaderboard(tiny_model_dir, tmp_p
     assert collect(wider, out)["rows"][0]["status"] == "missing"
     assert rank_job(model, out, wider)["status"] == "ok"
     assert collect(wider, out)["rows"][0]["status"] == "ok"
+
+
+def test_the_leaderboard_takes_the_human_preference_between_ranked_runs(tmp_path):
+    import random
+
+    from supportbench.experiments.rank import add_preference
+    from supportbench.preference.store import PreferenceStore
+    from supportbench.reports.render import preference_cell
+
+    board = BoardDir(tmp_path / "board")
+    models = ["org/model-a", "model-b", "model-c"]
+    names = [board.run(m).path.name for m in models]  # the runs' folder names, as app --rate-against names them
+    store = PreferenceStore(tmp_path / "votes.sqlite")
+    rng = random.Random(0)
+
+    def votes(winner: str, loser: str, times: int) -> None:
+        for _ in range(times):
+            pair = store.add_pair("q", {winner: "w", loser: "l"}, {}, rng)
+            store.vote(pair.id, "ana", "A" if pair.variant_a == winner else "B")
+
+    votes(names[0], names[1], 9)
+    votes(names[1], names[0], 3)
+    rows = [{"model": m} for m in models[:2]]
+    add_preference(rows, board, tmp_path / "votes.sqlite")
+    assert rows[0]["human_preference"]["kind"] == "win_rate" and rows[0]["human_preference"]["mean"] == 0.75
+    assert rows[1]["human_preference"]["mean"] == 0.25 and rows[1]["human_preference"]["votes"] == 12
+    assert preference_cell(rows[0]["human_preference"]).startswith("75% [") and preference_cell(None) == "—"
+    votes(names[0], names[2], 8)
+    votes(names[1], names[2], 6)
+    rows = [{"model": m} for m in models]
+    add_preference(rows, board, tmp_path / "votes.sqlite")
+    ratings = [r["human_preference"]["rating"] for r in rows]
+    assert rows[0]["human_preference"]["kind"] == "bradley_terry" and ratings[0] > ratings[1] > ratings[2]
+    assert "BT, 26 votes" in preference_cell(rows[0]["human_preference"])

@@ -76,3 +76,17 @@ def test_twenty_blind_votes_in_the_browser_reach_the_store_and_the_ratings(ratin
     row = read_json(rating_run.eval.ratings)["pairs"][0]
     assert row["votes"] == VOTES and row["ties"] == 5 and row["both_bad"] == 5
     assert 0 <= row["win_rate"]["low"] <= row["win_rate"]["mean"] <= row["win_rate"]["high"] <= 1
+
+
+def test_rate_against_another_run_names_each_variant_by_its_folder(rating_run, tiny_run, tmp_path):
+    other = RunDir(trained_copy(tiny_run, tmp_path / "other"))
+    session = RateSession(
+        rating_run.path, Assistant(rating_run.path), tmp_path / "v.sqlite", against=(other.path, Assistant(other.path))
+    )
+    pair = session.new_pair("where is my refund", 8)
+    assert {pair.variant_a, pair.variant_b} == {rating_run.path.name, "other"}
+    assert pair.settings["against_run"] == "other" and pair.settings["against_adapter_sha256"]
+    with pytest.raises(SupportBenchError, match="its folder name is this run's"):
+        RateSession(
+            rating_run.path, Assistant(rating_run.path), tmp_path / "v.sqlite", against=(rating_run.path, None)
+        )
