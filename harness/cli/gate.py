@@ -46,4 +46,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--baseline", help="an approved run folder (or its eval/metrics.json) to be non-inferior to (default: none)"
     )
     p.add_argument("--rules", help="YAML rules file (default: the bundled gate_rules.yaml)")
-    p.add_argument("--junit", metavar="FILE", help="also write the verdict as JUnit XML, one testcase per rule")
+    p.add_argument(
+        "--junit", metavar="FILE", help="also write the verdict as JUnit XML, one testcase per rule (default: none)"
+    )
