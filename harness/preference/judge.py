@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ConfigDict, field_validator
 
 from supportbench.files import SupportBenchError, read_bundled_yaml, read_user_yaml
+from supportbench.layout import Record
 from supportbench.preference.store import Pair, PreferenceStore
 
 RETRIES = 3  # the openai client's, with its exponential backoff
@@ -20,7 +22,7 @@ TIMEOUT_S = 120.0
 SWAPPED = {"A": "B", "B": "A", "tie": "tie"}
 
 
-class Rubric(BaseModel):
+class Rubric(Record):
     """What the judge is told: a system message, a prompt with {query}, {reply_a} and {reply_b}, and the verdict
     words it may answer with (word: A, B or tie)."""
 
@@ -53,12 +55,7 @@ def load_rubric(path: str | None) -> Rubric:
         if path
         else read_bundled_yaml("supportbench.preference", "judge_rubric.yaml")
     )
-    try:
-        return Rubric.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "the top level"
-        raise SupportBenchError(f"{path or 'the bundled rubric'}: {where} {first['msg']}") from None
+    return Rubric.check(Path(path or "the bundled judge_rubric.yaml"), data)
 
 
 def parse_verdict(answer: str, rubric: Rubric) -> str | None:
