@@ -350,6 +350,13 @@ class RunDir:
         lambda self: self.path / "export" / "profile.yaml", doc="The company profile export checked, for deployments."
     )
     merged = property(lambda self: self.path / "export" / "merged", doc="Adapter merged into the base: safetensors.")
+    scope_record = property(
+        lambda self: self.path / "policy" / "scope.json",
+        doc="The reply policy's scope threshold, calibrated on this run's split, and its measured error rates.",
+    )
+    scope_index = property(
+        lambda self: self.path / "policy" / "scope_queries.npy", doc="Sentence embeddings of the training queries."
+    )
     exported_eval = property(lambda self: EvalDir(self.path / "eval" / "exported"), doc="The exported model's scores.")
 
     def bench_record(self) -> BenchSummary:

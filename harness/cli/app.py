@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from supportbench.cli.options import add_command, add_profile_option
+from supportbench.cli.options import add_command, add_policy_option, add_profile_option
 
 DEFAULT_PORT = 7860
 
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> None:
         profile=args.profile,
         ratings=Path(args.ratings) if args.ratings else None,
         rate_against=Path(args.rate_against) if args.rate_against else None,
+        policy=args.policy,
     )
 
 
@@ -56,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="auto: the exported model when `supportbench export` wrote one, else transformers (default: %(default)s)",
     )
     add_profile_option(p, "in the chat, the comparison and the /v1 API")
+    add_policy_option(p)
     p.add_argument(
         "--ratings",
         metavar="DB",

@@ -101,6 +101,17 @@ def add_profile_option(parser: argparse.ArgumentParser, use: str) -> None:
     )
 
 
+def add_policy_option(parser: argparse.ArgumentParser) -> None:
+    """--policy: serve replies through the profile's reply policy, or the raw model's."""
+    parser.add_argument(
+        "--policy",
+        default="on",
+        choices=("on", "off"),
+        help="on: every reply goes through the profile's reply policy (language handoff, scope, privacy, injection, "
+        "missing facts, escalation); off: the raw model's replies, for comparison (default: %(default)s)",
+    )
+
+
 def add_command(
     sub: argparse._SubParsersAction, name: str, run: Any, help: str, description: str, run_folder: str | None = None
 ) -> argparse.ArgumentParser:

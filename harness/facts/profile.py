@@ -14,6 +14,7 @@ from supportbench.files import SupportBenchError, read_user_yaml, read_yaml
 from supportbench.layout import SplitDir
 
 BUNDLED = "the bundled profile.yaml"
+POLICY_KEY = "policy"  # the reply policy's block; every other key is a company slot
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Profile:
     source: str
     sha256: str
     text: str
+    policy: dict[str, Any] | None = None  # the `policy:` block, read by supportbench.serve.policy
 
     def require(self, names: list[str], why: str) -> None:
         """Refuse a profile that lacks any of these company slots, listing every missing one."""
@@ -45,8 +47,17 @@ def load_profile(path: str | Path | None = None) -> Profile:
     else:
         parsed, source = read_user_yaml(path, "company profile"), str(path)
         data = Path(path).read_bytes()
-    if not isinstance(parsed, dict) or not all(isinstance(v, (str, int, float)) for v in parsed.values()):
-        raise SupportBenchError(f"company profile {source} must be a flat YAML mapping of slot: value")
+    if not isinstance(parsed, dict):
+        raise SupportBenchError(f"company profile {source} must be a YAML mapping of slot: value")
+    policy = parsed.pop(POLICY_KEY, None)
+    if policy is not None and not isinstance(policy, dict):
+        raise SupportBenchError(
+            f"company profile {source}: `{POLICY_KEY}:` must be a mapping (see the bundled profile)"
+        )
+    if not all(isinstance(v, (str, int, float)) for v in parsed.values()):
+        raise SupportBenchError(
+            f"company profile {source} must map each slot to a value (a flat mapping, beside `{POLICY_KEY}:`)"
+        )
     company = vocabulary().names("company")
     unknown = [str(k) for k in parsed if str(k) not in company]
     if unknown:
@@ -54,7 +65,7 @@ def load_profile(path: str | Path | None = None) -> Profile:
             f"company profile {source}: {', '.join(unknown)} are not company slots; the slots are {', '.join(company)}"
         )
     values = {str(k): str(v) for k, v in parsed.items()}
-    return Profile(values, source, hashlib.sha256(data).hexdigest(), data.decode("utf-8"))
+    return Profile(values, source, hashlib.sha256(data).hexdigest(), data.decode("utf-8"), policy)
 
 
 def emitted_company_slots(split: SplitDir) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ from supportbench.files import SupportBenchError
 from supportbench.layout import RunDir
 from supportbench.preference.store import REASONS
 from supportbench.reports.render import collect_run, render
-from supportbench.serve.assistant import Assistant
+from supportbench.serve.assistant import Assistant, Chunk
 from supportbench.serve.openai_api import openai_routes
+from supportbench.serve.policy import REASONS as POLICY_REASONS
 from supportbench.serve.rate import CHOICE_LABELS, RateSession
 from supportbench.templates import Turn
 
@@ -73,18 +75,26 @@ def chat(
     history: list[dict[str, Any]],
     max_tokens: int,
     cancel: threading.Event | None = None,
-) -> Iterator[tuple[list, str]]:
-    """Chat tab handler: stream the fine-tuned reply into the (text-only) conversation; clears the textbox."""
+) -> Iterator[tuple[list, str, str]]:
+    """Chat tab handler: stream the fine-tuned reply into the (text-only) conversation, clear the textbox, and say
+    in the operator view why the reply is what it is (the reply policy's reason code)."""
     history = text_history(history)
     try:
         query = assistant.check_query(message)
         turns = history_turns(history)
         history += [{"role": "user", "content": query}, {"role": "assistant", "content": ""}]
-        for partial in assistant.stream(turns, query, finetuned=True, max_new_tokens=int(max_tokens), cancel=cancel):
-            history[-1] = {"role": "assistant", "content": partial}
-            yield history, ""
+        with closing(assistant.generate(turns, query, True, int(max_tokens), cancel)) as chunks:
+            for chunk in chunks:
+                history[-1] = {"role": "assistant", "content": chunk.text}
+                yield history, "", operator_note(chunk) if chunk.finish_reason else "*generating…*"
     except SupportBenchError as err:
-        yield history + [{"role": "assistant", "content": f"⚠️ {err}"}], message or ""
+        yield history + [{"role": "assistant", "content": f"⚠️ {err}"}], message or "", ""
+
+
+def operator_note(chunk: Chunk) -> str:
+    """The operator view of a finished reply: the policy's reason code and what it changed."""
+    changes = "; ".join(c for c in chunk.changes if c) or "none"
+    return f"reason: `{chunk.reason}` · changes: {changes} · finish: {chunk.finish_reason}"
 
 
 def compare(assistant: Assistant, message: str, max_tokens: int) -> tuple[str, str, str, str]:
@@ -136,6 +146,10 @@ def build_app(
                 )
                 send = gr.Button("Send", variant="primary", elem_id="chat-send", scale=1)
             max_tokens = gr.Slider(16, slider_max, value=cap, step=8, label="Max reply tokens")
+            with gr.Accordion("Operator view (not shown to customers)", open=True):
+                policy_state = "on" if assistant.policy else "off (raw model replies)"
+                gr.Markdown(f"Reply policy: **{policy_state}**. Reason codes: {', '.join(POLICY_REASONS)}.")
+                operator = gr.Markdown(elem_id="operator-view")
             gr.Examples(EXAMPLES, inputs=query)
             clear = gr.Button("Clear conversation")
 
@@ -150,10 +164,10 @@ def build_app(
                 finally:
                     cancel.set()
 
-            event = dict(fn=on_chat, inputs=[query, chatbot, max_tokens], outputs=[chatbot, query])
+            event = dict(fn=on_chat, inputs=[query, chatbot, max_tokens], outputs=[chatbot, query, operator])
             send.click(api_name="chat", **event)
             query.submit(api_name=False, **event)
-            clear.click(lambda: ([], ""), outputs=[chatbot, query], api_name=False)
+            clear.click(lambda: ([], "", ""), outputs=[chatbot, query, operator], api_name=False)
         with gr.Tab("Base vs Fine-Tuned", id="compare"):
             compare_query = gr.Textbox(label="Customer query", elem_id="compare-input")
             compare_tokens = gr.Slider(16, slider_max, value=cap, step=8, label="Max reply tokens")
@@ -245,6 +259,7 @@ def serve(
     profile: str | None = None,
     ratings: Path | None = None,
     rate_against: Path | None = None,
+    policy: str = "on",
 ) -> None:
     """Serve the app and the OpenAI-compatible /v1 routes on 127.0.0.1 (analytics off; a share link only if asked)."""
     require_free_port(port)
@@ -253,13 +268,15 @@ def serve(
     import uvicorn
     from fastapi import FastAPI
 
-    assistant = Assistant(Path(run_dir), serve=backend, max_batch=CONCURRENT_REQUESTS, profile=profile)
-    print(f"serving {assistant.model_name}: {assistant.backend.description}")
+    assistant = Assistant(Path(run_dir), serve=backend, max_batch=CONCURRENT_REQUESTS, profile=profile, policy=policy)
+    print(f"serving {assistant.model_name}: {assistant.backend.description}, reply policy {policy}")
     against = None
     if rate_against is not None:  # the other run's model, served the same way, for the Rate tab only
         against = (
             Path(rate_against),
-            Assistant(Path(rate_against), serve=backend, max_batch=CONCURRENT_REQUESTS, profile=profile),
+            Assistant(
+                Path(rate_against), serve=backend, max_batch=CONCURRENT_REQUESTS, profile=profile, policy=policy
+            ),
         )
     blocks = build_app(Path(run_dir), assistant, ratings, against)
     if share:  # a share link needs Gradio's own launcher, which serves the UI only

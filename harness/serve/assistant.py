@@ -22,6 +22,7 @@ from supportbench.facts.slots import StreamingFiller
 from supportbench.files import SupportBenchError, read_json
 from supportbench.layout import RunDir
 from supportbench.models import load_model
+from supportbench.serve.policy import ReplyPolicy
 from supportbench.templates import MAX_HISTORY_TURNS, Turn, get_template
 
 MAX_QUERY_CHARS = 4000
@@ -37,6 +38,8 @@ class Chunk:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reason: str = "model"  # the reply policy's reason code (policy.REASONS), for operators, on the last chunk
+    changes: tuple[str, ...] = ()  # what the policy did to the reply, on the last chunk
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Reply:
     text: str
     seconds: float
     ttft_seconds: float | None
+    reason: str = "model"
 
 
 class StopWhenSet(StoppingCriteria):
@@ -163,11 +167,13 @@ class Assistant:
         serve: str = "auto",
         max_batch: int = 8,
         profile: str | Path | None = None,
+        policy: str = "on",
     ):
         run = RunDir(run_dir)
         trained = run.require_adapter()
         # the company facts replies are filled with; a slot the model can emit and the profile lacks fails here
         self.profile = profile_for_run(run.data, profile)
+        self.policy = ReplyPolicy.for_run(run, self.profile, policy)  # None: raw model replies (--policy off)
         self.model_name = trained.base_model
         if serve not in ("auto", "exported", "transformers"):
             raise SupportBenchError(f"unknown serving backend {serve!r}; choose auto, exported or transformers")
@@ -255,8 +261,13 @@ class Assistant:
         the generator is closed; it never waits for the garbage collector."""
         turns = self.clean_history(history)
         query = self.check_query(query)
+        customer = [*(turn.customer for turn in turns), query]
+        decision = self.policy.decide(customer) if self.policy else None
+        if decision is not None and decision.reply is not None:  # the policy answers; the model is not asked
+            yield Chunk(decision.reply, "stop", reason=decision.reason, changes=(decision.detail,))
+            return
         prompt = self.prompt(turns, query, max_new_tokens)
-        filler = StreamingFiller([*(turn.customer for turn in turns), query], self.profile.values)
+        filler = StreamingFiller(customer, self.profile.values)
         cancel = cancel or threading.Event()
         raw, reply, stopped = "", "", False
         try:
@@ -265,13 +276,22 @@ class Assistant:
                 reply = self._without_special_tokens(cut)
                 if stopped:
                     break
-                yield Chunk(filler.visible(reply).text)
+                shown = filler.visible(reply).text
+                yield Chunk(self.policy.screen(shown, decision, customer, final=False).text if decision else shown)
         finally:
             cancel.set()  # reply complete, or the consumer left: either way, no more tokens
         produced = self.count_tokens(raw)
         at_cap = not stopped and produced >= max_new_tokens
         shown = filler.visible(reply, final=True).text
-        yield Chunk(shown, "length" if at_cap else "stop", self.count_tokens(prompt), produced)
+        guarded = self.policy.screen(shown, decision, customer, final=True) if decision else None
+        yield Chunk(
+            guarded.text if guarded else shown,
+            "length" if at_cap else "stop",
+            self.count_tokens(prompt),
+            produced,
+            guarded.reason if guarded else "model",
+            tuple(guarded.changes) if guarded else (),
+        )
 
     def stream(
         self,
@@ -299,8 +319,9 @@ class Assistant:
         """Generate a whole reply and time it (time to first token and end to end)."""
         started = time.perf_counter()
         first = None
-        text = ""
-        for text in self.stream(history, query, finetuned, max_new_tokens):
-            if first is None and text:
-                first = time.perf_counter() - started
-        return Reply(text, time.perf_counter() - started, first)
+        chunk = Chunk("")
+        with closing(self.generate(history, query, finetuned, max_new_tokens)) as chunks:
+            for chunk in chunks:
+                if first is None and chunk.text:
+                    first = time.perf_counter() - started
+        return Reply(chunk.text, time.perf_counter() - started, first, chunk.reason)

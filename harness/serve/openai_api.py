@@ -97,6 +97,11 @@ def _usage(chunk: Chunk) -> dict[str, int]:
     }
 
 
+def _policy(chunk: Chunk) -> dict[str, Any]:
+    """The extension field: why the reply is what it is (the reply policy's reason code) and what it changed."""
+    return {"supportbench": {"policy": {"reason": chunk.reason, "changes": list(chunk.changes)}}}
+
+
 def complete(assistant: Assistant, request: ChatRequest) -> dict[str, Any]:
     """A whole `chat.completion` object."""
     cap = request.max_tokens or assistant.decoding.max_new_tokens
@@ -109,7 +114,7 @@ def complete(assistant: Assistant, request: ChatRequest) -> dict[str, Any]:
         "chat.completion",
         {"index": 0, "message": message, "finish_reason": last.finish_reason},
     )
-    return {**body, "usage": _usage(last)}
+    return {**body, "usage": _usage(last), **_policy(last)}
 
 
 def stream_events(assistant: Assistant, request: ChatRequest, cancel: threading.Event | None = None) -> Iterator[str]:
@@ -130,7 +135,7 @@ def stream_events(assistant: Assistant, request: ChatRequest, cancel: threading.
                 yield event({"content": chunk.text[len(sent) :]})
                 sent = chunk.text
             if chunk.finish_reason:
-                yield event({}, chunk.finish_reason, usage=_usage(chunk))
+                yield event({}, chunk.finish_reason, usage=_usage(chunk), **_policy(chunk))
     yield "data: [DONE]\n\n"
 
 

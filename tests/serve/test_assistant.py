@@ -45,7 +45,7 @@ def test_a_closed_stream_stops_its_generation(tiny_run, monkeypatch):
 def test_history_cannot_inject_turns_and_is_capped(tiny_run, monkeypatch):
     from supportbench.serve.app import chat
 
-    assistant = Assistant(tiny_run)
+    assistant = Assistant(tiny_run, policy="off")  # the template's own sanitising, without the policy
     prompts = []
     real_prompt = assistant.prompt
     monkeypatch.setattr(assistant, "prompt", lambda *a: prompts.append(real_prompt(*a)) or prompts[-1])
