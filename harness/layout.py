@@ -276,6 +276,9 @@ class EvalDir:
     samples = property(lambda self: self.path / "samples.jsonl", doc="Query, reference and both replies per example.")
     stats = property(lambda self: self.path / "stats.json", doc="Intervals, paired differences, slices, planner.")
     forest = property(lambda self: self.path / "forest.png", doc="The paired ROUGE-L difference per intent.")
+    guarded = property(
+        lambda self: self.path / "guarded.json", doc="The fine-tuned replies through the reply policy, against raw."
+    )
     behavior = property(lambda self: self.path / "behavior.json", doc="Behaviour cases: replies and verdicts.")
     behavior_md = property(lambda self: self.path / "behavior.md", doc="Behaviour pass rates and failing cases.")
     invariance = property(lambda self: self.path / "invariance.json", doc="Intent fidelity under perturbed queries.")

@@ -67,6 +67,7 @@ def collect_run(run_dir: Path) -> dict[str, Any]:
         "samples": read_jsonl(run.eval.samples, limit=SAMPLES_SHOWN) if run.eval.samples.is_file() else None,
         "stats": _optional_json(run.eval.stats),
         "gate": _optional_json(run.gate("json")),
+        "guarded": _optional_json(run.eval.guarded),
         "behavior": _optional_json(run.eval.behavior),
         "invariance": _optional_json(run.eval.invariance),
         "ratings": _optional_json(run.eval.ratings),

@@ -1,13 +1,14 @@
-"""`supportbench behavior`: answer behaviour suites with the base and the fine-tuned model, check every reply
-against its case's expectations, and report pass rates per tag group (Wilson intervals), base against fine-tuned
-(exact McNemar), pass^k over sampled replies, and the failing cases."""
+"""`supportbench behavior`: answer behaviour suites with the base and the fine-tuned model, put the fine-tuned
+replies through the reply policy as served (the guarded column), check every reply against its case's expectations,
+and report pass rates per tag group (Wilson intervals), base against fine-tuned and raw against guarded (exact
+McNemar), pass^k over sampled replies, the policy's decisions per group, and the failing cases."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 import xml.etree.ElementTree as ET
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -20,10 +21,12 @@ from supportbench.facts.profile import profile_for_run
 from supportbench.facts.slots import fill_reply
 from supportbench.files import SupportBenchError, atomic_write_text, write_json
 from supportbench.layout import RunDir
+from supportbench.serve.policy import ReplyPolicy
 from supportbench.stats import mcnemar_exact, wilson_interval
 from supportbench.templates import Turn, cut_at_stops, get_template
 
 MODELS = ("base", "finetuned")
+VARIANTS = (*MODELS, "guarded")  # guarded: the fine-tuned replies through the reply policy, as the app serves them
 
 
 def default_suite() -> Path:
@@ -136,25 +139,37 @@ def group_rates(results: list[dict[str, Any]], model: str) -> dict[str, dict[str
     return {name: wilson_interval(sum(v), len(v)) for name, v in sorted(groups.items())}
 
 
-def paired_groups(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per tag group: base and fine-tuned pass counts, the discordant cases, and the exact McNemar p-value."""
+def paired_groups(
+    results: list[dict[str, Any]], first: str = "base", second: str = "finetuned"
+) -> dict[str, dict[str, Any]]:
+    """Per tag group: two variants' pass counts on the same cases, the discordant cases, and the exact McNemar
+    p-value."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in results:
         groups[row["group"]].append(row)
         groups["all"].append(row)
     table = {}
     for name, rows in sorted(groups.items()):
-        only_base = sum(r["base"]["passed"][0] and not r["finetuned"]["passed"][0] for r in rows)
-        only_tuned = sum(r["finetuned"]["passed"][0] and not r["base"]["passed"][0] for r in rows)
+        only_first = sum(r[first]["passed"][0] and not r[second]["passed"][0] for r in rows)
+        only_second = sum(r[second]["passed"][0] and not r[first]["passed"][0] for r in rows)
         table[name] = {
             "n": len(rows),
-            "base_passed": sum(r["base"]["passed"][0] for r in rows),
-            "finetuned_passed": sum(r["finetuned"]["passed"][0] for r in rows),
-            "only_base_passed": only_base,
-            "only_finetuned_passed": only_tuned,
-            "mcnemar_p": mcnemar_exact(only_base, only_tuned),
+            f"{first}_passed": sum(r[first]["passed"][0] for r in rows),
+            f"{second}_passed": sum(r[second]["passed"][0] for r in rows),
+            f"only_{first}_passed": only_first,
+            f"only_{second}_passed": only_second,
+            "mcnemar_p": mcnemar_exact(only_first, only_second),
         }
     return table
+
+
+def policy_decisions(results: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """The reply policy's decisions (reason codes of the first guarded reply) per tag group: a confusion table of
+    what each kind of case got."""
+    table: dict[str, Counter] = defaultdict(Counter)
+    for row in results:
+        table[row["group"]][row["guarded"]["reasons"][0]] += 1
+    return {group: dict(counts) for group, counts in sorted(table.items())}
 
 
 def pass_at_all(results: list[dict[str, Any]], model: str) -> dict[str, dict[str, float]]:
@@ -188,9 +203,11 @@ def run_behavior(
     languages = split_languages(run.data)
     conversations = [case_turns(c) for _, c in cases]
     replies = {model: runner.replies(conversations, model == "finetuned") for model in MODELS}
+    policy = ReplyPolicy.for_run(run, runner.profile)  # None where the profile switches it off: served raw
     results = []
     for i, (suite, case) in enumerate(cases):
-        context = Context([t.customer for t in case_turns(case)], runner.profile.values, classifier, languages)
+        customer = [t.customer for t in conversations[i]]
+        context = Context(customer, runner.profile.values, classifier, languages)
         row: dict[str, Any] = {
             "id": case.id,
             "suite": suite,
@@ -200,9 +217,15 @@ def run_behavior(
             "query": case.query,
             "expect": case.expect.model_dump(exclude_none=True),
         }
-        for model in MODELS:
-            found = [failures(case, reply, context) for reply in replies[model][i]]
-            row[model] = {"replies": replies[model][i], "failures": found, "passed": [not f for f in found]}
+        guarded = [policy.guard(reply, customer) for reply in replies["finetuned"][i]] if policy else None
+        variants = {
+            **{model: replies[model][i] for model in MODELS},
+            "guarded": [g.text for g in guarded] if guarded else replies["finetuned"][i],
+        }
+        for variant, texts in variants.items():
+            found = [failures(case, reply, context) for reply in texts]
+            row[variant] = {"replies": texts, "failures": found, "passed": [not f for f in found]}
+        row["guarded"]["reasons"] = [g.reason for g in guarded] if guarded else ["model"] * len(variants["guarded"])
         results.append(row)
     summary = {
         "run": str(run.path),
@@ -211,10 +234,13 @@ def run_behavior(
         "decoding": {**dataclasses.asdict(runner.decoding), "label": runner.decoding.label()},
         "sampled": config.samples > 1,
         "profile": runner.profile.record(),
+        "policy": "on" if policy else "off (the profile switches it off: guarded is raw)",
         "n_cases": len(results),
-        "pass_rate": {model: group_rates(results, model) for model in MODELS},
+        "pass_rate": {variant: group_rates(results, variant) for variant in VARIANTS},
         "paired": paired_groups(results),
-        "pass_all_samples": {model: pass_at_all(results, model) for model in MODELS} if config.samples > 1 else None,
+        "paired_guarded": paired_groups(results, "finetuned", "guarded"),
+        "policy_decisions": policy_decisions(results),
+        "pass_all_samples": {v: pass_at_all(results, v) for v in VARIANTS} if config.samples > 1 else None,
         "seconds": round(time.perf_counter() - started, 1),
         "cases": results,
     }
@@ -230,8 +256,9 @@ def write_behavior(run: RunDir, summary: dict[str, Any]) -> None:
     write_json(run.eval.behavior, summary)
 
 
-def junit_xml(summary: dict[str, Any], model: str = "finetuned") -> str:
-    """The fine-tuned model's verdicts as JUnit XML: one testcase per case (per sampled reply when sampled)."""
+def junit_xml(summary: dict[str, Any], model: str = "guarded") -> str:
+    """One variant's verdicts (by default the guarded replies, as served) as JUnit XML: one testcase per case (per
+    sampled reply when sampled)."""
     cases = summary["cases"]
     suite = ET.Element(
         "testsuite",
@@ -254,18 +281,24 @@ def junit_xml(summary: dict[str, Any], model: str = "finetuned") -> str:
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
-    """Pass rates per group, base and fine-tuned, with the McNemar p-value; then the fine-tuned model's failures."""
-    rates, paired = summary["pass_rate"], summary["paired"]
-    lines = [f"{summary['n_cases']} cases; decoding {summary['decoding']['label']}"]
-    lines.append(f"{'group':<16}{'n':>4}{'base':>22}{'fine-tuned':>22}{'McNemar p':>11}")
+    """Pass rates per group: base, fine-tuned raw and guarded, with McNemar p-values (base against fine-tuned, raw
+    against guarded); then the cases the guarded replies fail."""
+    rates, paired, guarded = summary["pass_rate"], summary["paired"], summary["paired_guarded"]
+    lines = [f"{summary['n_cases']} cases; decoding {summary['decoding']['label']}; reply policy {summary['policy']}"]
+    lines.append(
+        f"{'group':<14}{'n':>4}{'base':>18}{'fine-tuned raw':>18}{'guarded':>18}{'p base/raw':>12}{'p raw/guarded':>15}"
+    )
     for group, row in paired.items():
         shown = [
-            f"{r['mean']:.0%} [{r['low']:.0%}, {r['high']:.0%}]"
-            for r in (rates["base"][group], rates["finetuned"][group])
+            f"{rates[v][group]['mean']:.0%} [{rates[v][group]['low']:.0%}, {rates[v][group]['high']:.0%}]"
+            for v in VARIANTS
         ]
-        lines.append(f"{group:<16}{row['n']:>4}{shown[0]:>22}{shown[1]:>22}{row['mcnemar_p']:>11.3f}")
-    failed = [c for c in summary["cases"] if not c["finetuned"]["passed"][0]]
-    lines.append(f"fine-tuned fails {len(failed)} case(s): " + ", ".join(c["id"] for c in failed[:20]))
+        lines.append(
+            f"{group:<14}{row['n']:>4}{shown[0]:>18}{shown[1]:>18}{shown[2]:>18}{row['mcnemar_p']:>12.3f}"
+            f"{guarded[group]['mcnemar_p']:>15.3f}"
+        )
+    failed = [c for c in summary["cases"] if not c["guarded"]["passed"][0]]
+    lines.append(f"guarded fails {len(failed)} case(s): " + ", ".join(c["id"] for c in failed[:20]))
     return lines
 
 

@@ -26,6 +26,7 @@ from supportbench.decoding import (
 )
 from supportbench.deploy.export import exported_format
 from supportbench.device import pick_device, process_state
+from supportbench.evaluation.guarded import guarded_record
 from supportbench.evaluation.score_cache import base_score_key, load_scores, store_scores
 from supportbench.facts.profile import profile_for_run
 from supportbench.files import (
@@ -46,9 +47,10 @@ from supportbench.metrics import GEN_TASK, METRICS, PPL_TASK, REPLY_METRICS, ROU
 from supportbench.models import model_path, resolve
 from supportbench.prepare.dataset import instruction_hash, load_twcs_pairs
 from supportbench.reports.plots import forest_png
+from supportbench.serve.policy import ReplyPolicy
 from supportbench.stats import eval_statistics, evidence_lines, mean_interval, paired_difference, signed_interval
 from supportbench.tasks import include_path
-from supportbench.tasks.customer_support.utils import intent_classifier_record, shown_reply
+from supportbench.tasks.customer_support.utils import intent_classifier, intent_classifier_record, shown_reply
 
 
 def check_no_leakage(run: RunDir) -> dict[str, Any]:
@@ -414,7 +416,15 @@ def check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
         metadata["twcs"] = config.twcs
     else:
         metadata["sha256"] = leakage["test_sha256"]  # the task refuses to load other bytes than these
-    return {"metadata": metadata, "leakage": leakage, "trained": trained, "profile": profile.record()}
+    # the reply policy of the guarded column (in-domain only): a profile it refuses fails here, before any model
+    policy = None if config.twcs else ReplyPolicy.for_run(run, profile)
+    return {
+        "metadata": metadata,
+        "leakage": leakage,
+        "trained": trained,
+        "profile": profile.record(),
+        "policy": policy,
+    }
 
 
 def resolve_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> tuple[EvalConfig, str]:
@@ -511,6 +521,8 @@ def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
     }
     out = run.evaluation(ood=bool(config.twcs))
     statistics = eval_statistics(side_by_side, perplexity_pairs, config.seed)
+    policy = checked["policy"]
+    summary["reply_policy"] = "on" if policy else "off"
     outputs = {
         out.per_category: json_bytes(
             {"base": per_category(base["samples"]), "finetuned": per_category(tuned["samples"])}
@@ -523,6 +535,12 @@ def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
         for r in statistics["by_intent"]
         if "difference" in r
     ]
+    if policy:
+        classifier = intent_classifier(str(run.data.path), config.profile or "")
+        record = guarded_record(policy, run, side_by_side, config.embedding_model, classifier, config.seed)
+        outputs[out.guarded] = json_bytes(record)
+    else:
+        out.guarded.unlink(missing_ok=True)  # an earlier eval's guarded column would not belong to these replies
     if slices:
         outputs[out.forest] = forest_png(slices, "ROUGE-L, fine-tuned minus base (95% interval)")
     else:

@@ -86,6 +86,9 @@ class GateRules(_Rule):
     min_language_match_share: FiniteNumber | None = None
     intent_fidelity_non_inferior: IntentFidelity | None = None
     min_behavior_pass_rate: FiniteNumber | None = None
+    min_guarded_behavior_pass_rate: FiniteNumber | None = None
+    max_false_refusal_share: FiniteNumber | None = None
+    guarded_intent_fidelity_non_inferior: IntentFidelity | None = None
     no_baseline_passing_case_fails: bool | None = None
     max_reply_p50_s: FiniteNumber | None = None
 
@@ -222,6 +225,11 @@ def apply_rules(run_dir: Path, baseline: str | None = None, rules_file: str | No
             check(*row)
     if (least := rules.min_behavior_pass_rate) is not None:
         check(*behavior_rate_check(run, least))
+    if (least := rules.min_guarded_behavior_pass_rate) is not None:
+        check(*behavior_rate_check(run, least, "guarded"))
+    if (most := rules.max_false_refusal_share) is not None or rules.guarded_intent_fidelity_non_inferior:
+        for row in guarded_checks(run, most, rules.guarded_intent_fidelity_non_inferior):
+            check(*row)
     if rules.no_baseline_passing_case_fails:
         check(*baseline_cases_check(run, baseline))
     if (limit := rules.max_reply_p50_s) is not None:
@@ -290,23 +298,47 @@ def _behavior(run: RunDir) -> dict[str, Any] | None:
     return read_json(run.eval.behavior) if run.eval.behavior.is_file() else None
 
 
-def behavior_rate_check(run: RunDir, least: float) -> Row:
-    """The fine-tuned pass rate of every behaviour tag group at least `least`; the groups below are named."""
+def behavior_rate_check(run: RunDir, least: float, variant: str = "finetuned") -> Row:
+    """One variant's pass rate (the fine-tuned model's raw replies, or the guarded ones as served) in every behaviour
+    tag group at least `least`; the groups below are named."""
+    name = "min_behavior_pass_rate" if variant == "finetuned" else f"min_{variant}_behavior_pass_rate"
     results = _behavior(run)
-    if results is None:
-        return (
-            "min_behavior_pass_rate",
-            f"no behaviour results (run `supportbench behavior --run {run.path}`)",
-            f">= {least}",
-            False,
-        )
-    rates = {g: r["mean"] for g, r in results["pass_rate"]["finetuned"].items() if g != "all"}
+    if results is None or variant not in results["pass_rate"]:
+        why = "no behaviour results" if results is None else f"behaviour results without a {variant} column"
+        return (name, f"{why} (run `supportbench behavior --run {run.path}`)", f">= {least}", False)
+    rates = {g: r["mean"] for g, r in results["pass_rate"][variant].items() if g != "all"}
     low = {g: rate for g, rate in rates.items() if rate < least}
     shown = (
         ", ".join(f"{g} {rate:.0%}" for g, rate in sorted(low.items()))
         or f"every group (lowest {min(rates.values()):.0%})"
     )
-    return ("min_behavior_pass_rate", f"below: {shown}" if low else shown, f">= {least} in every tag group", not low)
+    return (name, f"below: {shown}" if low else shown, f">= {least} in every tag group", not low)
+
+
+def guarded_checks(run: RunDir, most: float | None, fidelity: IntentFidelity | None) -> list[Row]:
+    """The reply policy on the in-domain test split (eval/guarded.json): in-domain queries it turned away at most
+    `most`; guarded intent fidelity non-inferior to raw within the margin (paired)."""
+    path = run.eval.guarded
+    record = read_json(path) if path.is_file() else None
+    rows: list[Row] = []
+    if most is not None:
+        if record is None:
+            rows.append(("max_false_refusal_share", f"no guarded column ({path}: policy off?)", f"<= {most}", False))
+        else:
+            share = record["false_refusal"]
+            shown = f"{share['mean']:.4f} [{share['low']:.4f}, {share['high']:.4f}] of {share['n']}"
+            rows.append(("max_false_refusal_share", shown, f"<= {most}", share["mean"] <= most))
+    if fidelity is not None:
+        needs = f"lower bound > -{fidelity.margin}"
+        d = (record or {}).get("metrics", {}).get("intent_fidelity", {}).get("difference")
+        if d is None:
+            rows.append(
+                ("guarded_intent_fidelity_non_inferior", "not measured (no guarded column or intents)", needs, None)
+            )
+        else:
+            shown = f"guarded minus raw {signed_interval(d)}"
+            rows.append(("guarded_intent_fidelity_non_inferior", shown, needs, d["low"] > -fidelity.margin))
+    return rows
 
 
 def baseline_cases_check(run: RunDir, baseline: str | None) -> Row:

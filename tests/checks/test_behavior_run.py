@@ -86,13 +86,21 @@ def test_cases_written_to_pass_pass_and_cases_written_to_fail_fail(replying_run,
     assert rates["pass"]["mean"] == 1.0 and rates["fail"]["mean"] == 0.0 and rates["all"]["n"] == 6
     assert 0 < rates["all"]["low"] < 0.5 < rates["all"]["high"] < 1  # Wilson: 3 of 6
     assert result["paired"]["all"]["mcnemar_p"] == 1.0  # base and fine-tuned agree on every case
-    suite = ET.parse(junit).getroot().find("testsuite")
-    assert suite.get("tests") == "6" and suite.get("failures") == "3"
-    failed = {c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None}
-    assert failed == {"fail-language", "fail-copied-number", "fail-length"}
+    # the guarded column: the same replies through the reply policy, as served
+    policy = {c["id"]: (c["guarded"]["reasons"][0], c["guarded"]["passed"][0]) for c in result["cases"]}
+    assert policy["fail-language"] == ("language_handoff", True)  # the Spanish handoff is in Spanish
+    assert policy["pass-history"][0] == "injection" and policy["pass-refuses-and-asks"][0] == "out_of_scope"
+    assert policy["fail-copied-number"] == ("model", False) and policy["fail-length"] == ("model", False)
+    guarded_failed = {i for i, (_, passed) in policy.items() if not passed}
+    assert result["paired_guarded"]["all"]["only_guarded_passed"] == 1
+    assert result["policy_decisions"]["fail"] == {"language_handoff": 1, "model": 2}
+    suite = ET.parse(junit).getroot().find("testsuite")  # the guarded verdicts, as served
+    assert suite.get("tests") == "6" and suite.get("failures") == str(len(guarded_failed))
+    assert {c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None} == guarded_failed
     markdown = copy.eval.behavior_md.read_text()
-    assert "fail-copied-number" in markdown and "pass-history" not in markdown.split("failing case")[-1]
-    assert "fine-tuned fails 3 case(s): fail-language, fail-copied-number, fail-length" in capsys.readouterr().out
+    assert "fail-copied-number" in markdown and "fail-language" not in markdown.split("failing case")[-1]
+    assert "only guarded passes" in markdown and "language_handoff" in markdown
+    assert f"guarded fails {len(guarded_failed)} case(s)" in capsys.readouterr().out
 
 
 def test_sampled_replies_report_pass_k(replying_run, tmp_path):

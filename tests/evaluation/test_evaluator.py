@@ -18,6 +18,7 @@ from supportbench.cli import main
 from supportbench.config import EvalConfig
 from supportbench.decoding import Decoding, candidates
 from supportbench.evaluation.evaluator import evaluate_run, table_lines
+from supportbench.facts.profile import load_profile
 from supportbench.files import SupportBenchError, read_json, write_json
 from supportbench.layout import RunDir
 from supportbench.reports.render import write_run_report
@@ -82,6 +83,12 @@ def test_eval_writes_results_and_repeats_exactly(tiny_run):
     assert stats["n"] == 4 and rouge_l["finetuned"]["mean"] == pytest.approx(first["metrics"]["finetuned"]["rougeL"])
     assert rouge_l["difference"]["low"] <= rouge_l["difference"]["mean"] <= rouge_l["difference"]["high"]
     assert stats["metrics"]["bleu"]["finetuned"]["mean"] == pytest.approx(first["metrics"]["finetuned"]["bleu"])
+    guarded = read_json(tiny_run / "eval" / "guarded.json")  # the fine-tuned replies through the reply policy
+    assert guarded["n"] == 4 and sum(guarded["reasons"].values()) == 4 and guarded["false_refusal"]["n"] == 4
+    assert guarded["scope"]["threshold"] == read_json(RunDir(tiny_run).scope_record)["threshold"]
+    raw = guarded["metrics"]["rougeL"]["raw"]["mean"]
+    assert raw == pytest.approx(stats["metrics"]["rougeL"]["finetuned"]["mean"])
+    assert first["reply_policy"] == "on"
     second = evaluate_run(tiny_run, config)
     assert first["metrics"] == second["metrics"]
     assert (first["base_scores"]["from_cache"], second["base_scores"]["from_cache"]) == (False, True)
@@ -201,6 +208,10 @@ def test_eval_preconditions_fail_before_any_model_loads(tiny_run, tmp_path, no_m
     header_only.write_text("tweet_id,author_id,inbound,created_at,text,response_tweet_id,in_response_to_tweet_id\n")
     with pytest.raises(SupportBenchError, match="header-only"):
         evaluate_run(run.path, EvalConfig(limit=2, twcs=str(header_only)))
+    profile = tmp_path / "profile.yaml"  # a policy that must hand off Japanese without a Japanese message
+    profile.write_text(load_profile().text.replace("languages: [en, es,", "languages: [ja, en, es,"))
+    with pytest.raises(SupportBenchError, match=r"handoff\.ja"):
+        evaluate_run(run.path, EvalConfig(limit=2, profile=str(profile)))
     assert not run.eval.path.exists()
 
 

@@ -11,7 +11,7 @@ import pytest
 from supportbench.cli import main
 from supportbench.files import json_bytes, jsonl_bytes, read_json, write_json, write_together
 from supportbench.layout import RunDir
-from supportbench.stats import eval_statistics
+from supportbench.stats import eval_statistics, paired_difference, wilson_interval
 
 
 def evaluated_run(
@@ -26,8 +26,11 @@ def evaluated_run(
     per_reply: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     shares: dict[str, float] | None = None,
     classifier_accuracy: float | None = None,
+    refused: int | None = 0,
+    guarded_fidelity: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RunDir:
-    """A run folder holding only what the gate reads: a training manifest and an eval with statistics."""
+    """A run folder holding only what the gate reads: a training manifest and an eval with statistics, and its
+    guarded column (`refused` in-domain queries turned away; none when None) with raw and guarded intent fidelity."""
     run = RunDir(folder)
     record = {"template": "seed", "config": {"model": "tiny"}, "data": {"dir": "data", "train": "b" * 64}}
     measured = {"wall_time_s": 1.0, "tokens_per_s": 10.0, "steps": 1, "train_examples": 8}
@@ -50,8 +53,20 @@ def evaluated_run(
     ]
     classifier = classifier_accuracy is not None and {"accuracy": classifier_accuracy, "threshold": 0.9}
     statistics = eval_statistics(samples, [[-20.0, 10, -15.0, 10]] * len(samples), seed=1234)
+    outputs = {run.eval.samples: jsonl_bytes(samples), run.eval.stats: json_bytes(statistics)}
+    if refused is not None:
+        fidelity = {}
+        if guarded_fidelity is not None:
+            raw, guarded = guarded_fidelity
+            fidelity["intent_fidelity"] = {"difference": paired_difference(raw, guarded, 1234)}
+        guarded_record = {
+            "n": len(samples),
+            "false_refusal": wilson_interval(refused, len(samples)),
+            "metrics": fidelity,
+        }
+        outputs[run.eval.guarded] = json_bytes(guarded_record)
     write_together(
-        {run.eval.samples: jsonl_bytes(samples), run.eval.stats: json_bytes(statistics)},
+        outputs,
         run.eval.metrics,
         {
             "template": "seed",
@@ -273,3 +288,21 @@ def test_replies_in_another_language_fail_the_default_gate(tmp_path, scores, cap
     run = evaluated_run(tmp_path / "run", *scores, shares={"language_match": 0.85})
     assert main(["gate", "--run", str(run.path)]) == 1
     assert "FAIL         min_language_match_share     0.8500  (needs >= 0.9)" in capsys.readouterr().out
+
+
+def test_the_reply_policys_false_refusals_and_guarded_intent_fidelity_are_gated(tmp_path, scores, capsys):
+    base, tuned = scores
+    fidelity = np.tile([1.0, 1.0, 0.0], 20)
+    worse = np.where(np.arange(60) % 5 == 0, 0.0, fidelity)  # the policy replaced some answered intents
+    run = evaluated_run(tmp_path / "run", base, tuned, refused=3, guarded_fidelity=(fidelity, worse))
+    assert main(["gate", "--run", str(run.path)]) == 1
+    verdict = read_json(run.gate("json"))
+    assert verdict["failed"] == ["max_false_refusal_share", "guarded_intent_fidelity_non_inferior"]
+    shown = {c["rule"]: c["value"] for c in verdict["checks"]}
+    assert shown["max_false_refusal_share"].startswith("0.0500 [") and "of 60" in shown["max_false_refusal_share"]
+    same = evaluated_run(tmp_path / "same", base, tuned, refused=1, guarded_fidelity=(fidelity, fidelity))
+    assert main(["gate", "--run", str(same.path)]) == 0
+    capsys.readouterr()
+    missing = evaluated_run(tmp_path / "missing", base, tuned, refused=None)
+    assert main(["gate", "--run", str(missing.path)]) == 1
+    assert "no guarded column" in capsys.readouterr().out
