@@ -210,6 +210,9 @@ class ExportRecord(Record):
     formats: dict[str, dict[str, Any]]
 
 
+TRAINED_SHARE = 0.05  # a language with at least this share of the training queries counts as trained on
+
+
 @dataclass(frozen=True)
 class SplitDir:
     """A folder written by `supportbench prepare`: one JSONL file per split plus manifest.json."""
@@ -248,6 +251,13 @@ class SplitDir:
     def split_sha256(self, name: str) -> str:
         """The sha256 the manifest records for one split's file."""
         return self.manifest()["splits"][name]["sha256"]
+
+    def trained_languages(self) -> list[str]:
+        """The languages the split's queries are written in: each with at least TRAINED_SHARE of the kept rows (the
+        data card's language counts)."""
+        counts = self.manifest().get("data_card", {}).get("languages") or {"en": 1}
+        total = sum(counts.values())
+        return sorted(lang for lang, n in counts.items() if n / total >= TRAINED_SHARE)
 
     def rows(self, name: str) -> list[dict[str, Any]]:
         """Read one prepared split, refusing bytes other than the ones its manifest records (hashed as read)."""
@@ -356,9 +366,6 @@ class RunDir:
     scope_record = property(
         lambda self: self.path / "policy" / "scope.json",
         doc="The reply policy's scope threshold, calibrated on this run's split, and its measured error rates.",
-    )
-    scope_index = property(
-        lambda self: self.path / "policy" / "scope_queries.npy", doc="Sentence embeddings of the training queries."
     )
     exported_eval = property(lambda self: EvalDir(self.path / "eval" / "exported"), doc="The exported model's scores.")
 

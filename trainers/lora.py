@@ -401,6 +401,8 @@ class LoRARecipe:
             "resumed_from": self.last_checkpoint,
             "data": {"dir": run.data.path.name, **{name: run.data.split_sha256(name) for name in SPLITS}},
             "train_examples": len(self.train_rows),
+            # the languages of the training queries (the data card's): the reply policy hands the others off
+            "languages": run.data.trained_languages(),
             "eval_examples": len(self.eval_rows),
             "token_lengths": self.length_stats,
             # the generation budget: eval, bench and the app cap replies at its max_new_tokens

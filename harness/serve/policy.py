@@ -22,7 +22,7 @@ from supportbench.facts.identifiers import MONEY, identifiers
 from supportbench.facts.profile import Profile, load_profile
 from supportbench.facts.slots import fill_reply
 from supportbench.files import SupportBenchError, ensure_writable_dir, read_json, read_yaml, write_json
-from supportbench.layout import RunDir, SplitDir
+from supportbench.layout import RunDir
 from supportbench.templates import SYSTEM_PROMPT
 
 # why a reply is what it is: the policy's own message (the first five), or the model's reply, screened
@@ -38,8 +38,9 @@ REASONS = (
 )
 TURNED_AWAY = frozenset({"injection", "privacy", "language_handoff", "out_of_scope"})  # the model did not answer
 MODES = ("on", "off")
-TRAINED_SHARE = 0.05  # a language with at least this share of the training queries counts as trained on
-SCOPE_NEIGHBOURS = 5  # a query's scope score: its mean cosine to its nearest training queries
+SCOPE_C = 4.0  # the scope classifier's inverse regularisation (chosen on the ci split: see README)
+FOLLOW_UP_TURNS = 3
+FOLLOW_UP = re.compile(r"\b(it|that|this|them|those|one)\b", re.I)  # a query that refers back to an earlier turn
 SCOPE_TARGET_FALSE_REFUSAL = 0.01  # the threshold refuses at most this share of the validation queries
 FACT = "order number"
 
@@ -63,6 +64,7 @@ PRIVACY = re.compile(
     rf"(number|details)\b"
     rf"|\b(stored|saved|full)\s+(credit\s+|debit\s+)?card\s+(numbers?|details)\b"
     rf"|\b(list|all|every)\b[^.!?\n]{{0,60}}\b(customers|users|clients)\b"
+    rf"|\bwhich\s+(other\s+)?(customers|users|clients|people)\b|\bwho\s+else\s+(bought|ordered|purchased)\b"
     rf"|\b(password|passcode)\s+(of|for)\s+(another|someone|somebody|this|that|the)\b",
     re.I,
 )
@@ -147,14 +149,6 @@ def needs_order_number(query: str) -> bool:
     return any(a != t for a in actions for t in things) and not POLICY_QUESTION.search(query)
 
 
-def trained_languages(split: SplitDir) -> list[str]:
-    """The languages a split's training queries are written in: each with at least TRAINED_SHARE of the rows (the
-    data card's language counts)."""
-    counts = split.manifest().get("data_card", {}).get("languages") or {"en": 1}
-    total = sum(counts.values())
-    return sorted(lang for lang, n in counts.items() if n / total >= TRAINED_SHARE)
-
-
 def out_of_scope_queries() -> dict[str, list[str]]:
     """The shipped out-of-scope queries by topic (written for SupportBench)."""
     data = resources.files("supportbench.serve").joinpath("out_of_scope.yaml").read_text(encoding="utf-8")
@@ -167,38 +161,38 @@ def _halves(topics: dict[str, list[str]]) -> tuple[list[str], list[str]]:
 
 
 class ScopeModel:
-    """Scope by nearest neighbours: a query is in scope when its mean cosine to its SCOPE_NEIGHBOURS nearest training
-    queries (all-MiniLM-L6-v2 embeddings) reaches the threshold calibrated on the run's split."""
+    """Scope by a small classifier over sentence embeddings (all-MiniLM-L6-v2): logistic regression of the run's
+    training queries (in scope) against the calibration half of the shipped out-of-scope set; a query is in scope when
+    its probability reaches the threshold calibrated on the run's validation queries."""
 
-    def __init__(self, train_embeddings: Any, threshold: float, embedding_model: str):
-        self.train = train_embeddings
+    def __init__(self, weights: Any, bias: float, threshold: float, embedding_model: str):
+        self.weights = weights
+        self.bias = bias
         self.threshold = threshold
         self.embedding_model = embedding_model
 
     def scores(self, queries: Sequence[str]) -> Any:
-        """Each query's scope score."""
+        """Each query's probability of being a support request."""
         import numpy as np
 
         from supportbench.checks.embedding import encoder
 
         if not queries:
             return np.zeros(0)
-        sims = encoder(self.embedding_model).embed(list(queries)) @ self.train.T
-        k = min(SCOPE_NEIGHBOURS, sims.shape[1])
-        return np.sort(np.partition(sims, -k, axis=1)[:, -k:], axis=1).mean(axis=1)
+        return 1 / (1 + np.exp(-(encoder(self.embedding_model).embed(list(queries)) @ self.weights + self.bias)))
 
     @classmethod
     def for_run(cls, run: RunDir, embedding_model: str | None = None) -> ScopeModel:
-        """The run's scope model, calibrated on first use and kept in the run (policy/scope.json and the embeddings)."""
+        """The run's scope model, fitted and calibrated on first use and kept in the run (policy/scope.json)."""
         import numpy as np
 
         from supportbench.checks.embedding import DEFAULT_EMBEDDING_MODEL
 
         name = embedding_model or DEFAULT_EMBEDDING_MODEL
-        if run.scope_record.is_file() and run.scope_index.is_file():
+        if run.scope_record.is_file():
             record = read_json(run.scope_record)
             if record.get("embedding_model") == name and record.get("train_sha256") == run.data.split_sha256("train"):
-                return cls(np.load(run.scope_index), record["threshold"], name)
+                return cls(np.asarray(record["weights"]), record["bias"], record["threshold"], name)
         return calibrate_scope(run, name)[0]
 
 
@@ -215,30 +209,29 @@ def margin_threshold(inside: Any, outside: Any, target: float = SCOPE_TARGET_FAL
 
 
 def calibrate_scope(run: RunDir, embedding_model: str) -> tuple[ScopeModel, dict[str, Any]]:
-    """Fit the scope threshold on data (margin_threshold: the validation queries against the calibration half of the
-    out-of-scope set); then measure the false refusals on the
-    test queries and the catch rate on the held-out half. Written to the run (policy/scope.json)."""
-    import io
-
+    """Fit the scope classifier on the training queries against the calibration half of the out-of-scope set, set
+    its threshold on data (margin_threshold: the validation queries against that half), then measure the false
+    refusals on the test queries and the catch rate on the held-out half. Written to the run (policy/scope.json)."""
     import numpy as np
+    from sklearn.linear_model import LogisticRegression
 
     from supportbench.checks.embedding import encoder
-    from supportbench.files import atomic_write_bytes
 
     queries = {name: [r["instruction"] for r in run.data.rows(name)] for name in ("train", "validation", "test")}
     if not queries["train"] or not queries["validation"]:
         raise SupportBenchError(f"{run.data.path}: the scope check needs training and validation queries")
     calibration, held_out = _halves(out_of_scope_queries())
-    train = encoder(embedding_model).embed(queries["train"])
-    model = ScopeModel(train, 0.0, embedding_model)
-    validation = np.sort(model.scores(queries["validation"]))
-    outside = model.scores(calibration)
-    model.threshold = margin_threshold(validation, outside)
-    share = lambda scores, below: float(np.mean((scores < model.threshold) == below)) if len(scores) else None  # noqa: E731
+    inside, outside = encoder(embedding_model).embed(queries["train"]), encoder(embedding_model).embed(calibration)
+    fitted = LogisticRegression(C=SCOPE_C, class_weight="balanced", max_iter=2000)
+    fitted.fit(np.vstack([inside, outside]), [1] * len(inside) + [0] * len(outside))
+    model = ScopeModel(fitted.coef_[0], float(fitted.intercept_[0]), 0.0, embedding_model)
+    validation, calibrated = model.scores(queries["validation"]), model.scores(calibration)
+    model.threshold = margin_threshold(validation, calibrated)
+    share = lambda scores: float(np.mean(scores < model.threshold)) if len(scores) else None  # noqa: E731
     record = {
         "embedding_model": embedding_model,
         "train_sha256": run.data.split_sha256("train"),
-        "neighbours": SCOPE_NEIGHBOURS,
+        "classifier": f"logistic regression, C={SCOPE_C}, balanced classes",
         "threshold": round(model.threshold, 6),
         "target_false_refusal": SCOPE_TARGET_FALSE_REFUSAL,
         "n": {
@@ -248,15 +241,14 @@ def calibrate_scope(run: RunDir, embedding_model: str) -> tuple[ScopeModel, dict
             "out_of_scope_calibration": len(calibration),
             "out_of_scope_held_out": len(held_out),
         },
-        "false_refusal_validation": share(validation, True),
-        "false_refusal_test": share(model.scores(queries["test"]), True),
-        "catch_calibration": share(outside, True),
-        "catch_held_out": share(model.scores(held_out), True),
+        "false_refusal_validation": share(validation),
+        "false_refusal_test": share(model.scores(queries["test"])),
+        "catch_calibration": share(calibrated),
+        "catch_held_out": share(model.scores(held_out)),
+        "weights": [float(w) for w in model.weights],
+        "bias": model.bias,
     }
     ensure_writable_dir(run.scope_record.parent)
-    buffer = io.BytesIO()
-    np.save(buffer, train)
-    atomic_write_bytes(run.scope_index, buffer.getvalue())
     write_json(run.scope_record, record)
     return model, record
 
@@ -304,7 +296,7 @@ class ReplyPolicy:
             raise SupportBenchError(f"--policy {mode!r}: choose on or off")
         if mode == "off" or (profile.policy or {}).get("enabled") is False:
             return None
-        trained = run.trained().model_extra.get("languages") or trained_languages(run.data)
+        trained = run.trained().model_extra.get("languages") or run.data.trained_languages()  # older runs: the card
         policy = cls.load(profile, trained, None)
         policy.scope = ScopeModel.for_run(run)
         policy.scope.scores(["where is my order"])  # load the encoder now, not on the first customer's query
@@ -333,7 +325,7 @@ class ReplyPolicy:
             reply = fill_reply(self.config.handoff[language], customer_texts, self.profile.values).text
             return Decision("language_handoff", language, reply, detail=f"query in {language}")
         wants_human = bool(HUMAN.search(query))  # asking for a person is always a support request
-        score = float(self.scope.scores([query])[0]) if self.scope and not wants_human else None
+        score = self.scope_score(customer_texts) if self.scope and not wants_human else None
         if score is not None and score < self.scope.threshold:
             detail = f"scope score {score:.3f} < threshold {self.scope.threshold:.3f}"
             return self._own("out_of_scope", "out_of_scope", language, customer_texts, detail, score)
@@ -345,6 +337,15 @@ class ReplyPolicy:
             wants_human=wants_human,
             scope_score=score,
         )
+
+    def scope_score(self, customer_texts: Sequence[str]) -> float:
+        """The query's scope probability; a follow-up that refers back ("can you cancel it?") is also read after the
+        customer's earlier messages (the last FOLLOW_UP_TURNS), and the higher of the two counts."""
+        query = customer_texts[-1]
+        texts = [query]
+        if len(customer_texts) > 1 and FOLLOW_UP.search(query):
+            texts.append(" ".join(customer_texts[-1 - FOLLOW_UP_TURNS :]))
+        return float(self.scope.scores(texts).max())
 
     def _own(
         self, reason: str, kind: str, language: str, texts: Sequence[str], detail: str, score: float | None = None
@@ -361,6 +362,8 @@ class ReplyPolicy:
             return None, f"promised {', '.join(sorted(a.removeprefix('money:') for a in amounts))}"
         if invented := sorted(i for i in stated - given if not i.startswith("money:")):
             return None, f"stated {', '.join(invented)}, which neither the customer nor the profile gave"
+        if any(i.startswith("code:") for i in given) and asks_for(sentence, FACT):
+            return None, "asked again for the order number the customer gave"
         redacted = CARD_LIKE.sub(CARD_REDACTED, sentence)
         return redacted, "removed a card-like number" if redacted != sentence else ""
 

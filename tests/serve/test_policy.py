@@ -162,3 +162,13 @@ def test_a_profile_lacking_a_handoff_message_is_refused_by_name(tmp_path, tiny_r
 
 def test_policy_off_serves_the_raw_model(tiny_run):
     assert ReplyPolicy.for_run(RunDir(tiny_run), load_profile(), "off") is None
+
+
+def test_a_follow_up_is_read_in_context_and_a_given_order_number_is_not_asked_again(policy):
+    texts = ["I want to cancel order 48213", "I ordered it by mistake.", "Can you cancel it now, please?"]
+    decision = policy.decide(texts)
+    assert decision.reason == "model" and not decision.needs_fact
+    reply = "Sure, I can help with that. Could you please provide your order number? Order 48213 will be cancelled."
+    guarded = policy.screen(reply, decision, texts, final=True)
+    assert guarded.text == "Sure, I can help with that. Order 48213 will be cancelled."
+    assert guarded.changes == ["asked again for the order number the customer gave"]
