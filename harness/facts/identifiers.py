@@ -79,3 +79,46 @@ def copied(reply: str, customer_texts: Sequence[str], reference: str) -> bool | 
     where the reference states none of them, so the check does not apply."""
     needed = frozenset().union(*(identifiers(t) for t in customer_texts)) & identifiers(reference)
     return needed <= identifiers(reply) if needed else None
+
+
+MAX_CHANGED_DIGITS = 2  # a reply's code this close to the customer's is the customer's, mistyped by the data
+
+
+def _near(reply_digits: str, customer_digits: str) -> bool:
+    """True when a reply's code is the customer's with digits added (one contains the other) or at most
+    MAX_CHANGED_DIGITS changed (same length)."""
+    if customer_digits in reply_digits or reply_digits in customer_digits:
+        return True
+    same_length = len(reply_digits) == len(customer_digits)
+    return (
+        same_length and sum(a != b for a, b in zip(reply_digits, customer_digits, strict=True)) <= MAX_CHANGED_DIGITS
+    )
+
+
+def repair_codes(reply: str, customer_texts: Sequence[str]) -> tuple[str, int, list[str]]:
+    """A training reply's order-, invoice- and tracking-like codes checked against the ones the customer wrote: a code
+    that is the customer's with digits added or changed becomes the customer's exact code. Returns the reply, how
+    many codes were replaced, and the other codes of a reply to a customer who gave one (the row swaps the customer's
+    id for an invented one). Codes inside URLs and e-mail addresses are not read; where the customer gave no code, a
+    code the agent issues (a case number) is left as it is."""
+    given = {_digits(m.group(0)): m.group(0) for t in customer_texts for m in CODE.finditer(t)}
+    given = {d: code for d, code in given.items() if len(d) >= MIN_CODE_DIGITS}
+    if not given:
+        return reply, 0, []
+    links = [m.span() for pattern in (URL, EMAIL) for m in pattern.finditer(reply)]
+    fixed, unexplained = 0, []
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal fixed
+        digits = _digits(match.group(0))
+        inside_link = any(start <= match.start() < end for start, end in links)
+        if len(digits) < MIN_CODE_DIGITS or digits in given or inside_link:
+            return match.group(0)
+        near = [code for d, code in given.items() if _near(digits, d)]
+        if len(near) == 1:
+            fixed += 1
+            return near[0]
+        unexplained.append(match.group(0))
+        return match.group(0)
+
+    return CODE.sub(replace, reply), fixed, unexplained

@@ -131,6 +131,13 @@ def markdown(manifest: dict[str, Any], png_name: str) -> str:
         by_kind = manifest["placeholders"]["by_kind"]
         rows = [(SLOT_COUNTS[kind], name, n) for kind in SLOT_COUNTS for name, n in by_kind.get(kind, {}).items()]
         lines += _table(("kind", "slot", "occurrences"), rows or [("(none found)", "", 0)])
+    if ids := manifest.get("order_ids"):
+        lines += [
+            "",
+            "Order ids: a reply naming the customer's id with digits added or changed was repaired to the customer's "
+            f"exact id ({ids['replies_repaired']} replies, {ids['codes_repaired']} ids); a row whose reply names an id "
+            f"the customer never gave was skipped ({ids['skipped']} rows), so training teaches no invented ids.",
+        ]
     return "\n".join(lines)
 
 

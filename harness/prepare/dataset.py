@@ -18,6 +18,7 @@ from typing import Any
 
 from supportbench.checks.language import identifier
 from supportbench.config import DATA_ENV, OPTIONAL_COLUMNS, DataConfig
+from supportbench.facts.identifiers import repair_codes
 from supportbench.facts.slots import SLOT_COUNTS, SlotWriter, readable
 from supportbench.files import (
     LOCK_NAME,
@@ -246,9 +247,11 @@ def clean_rows(
     filler: PlaceholderFiller | SlotWriter,
     controls: Counter[str],
     scrub: Callable[[str], str] | None,
+    codes: Counter[str],
 ) -> list[dict[str, Any]]:
     """Validate fields, drop empty, badly encoded and duplicate examples (recorded), strip control characters
-    (counted in `controls`), replace personal data (`scrub`), then fill placeholders or write slots (`filler`)."""
+    (counted in `controls`), replace personal data (`scrub`), repair or skip replies naming an order id the customer
+    did not give (counted in `codes`), then fill placeholders or write slots (`filler`)."""
     kept: list[dict[str, Any]] = []
     first_seen: dict[tuple[Any, ...], int] = {}
 
@@ -296,6 +299,14 @@ def clean_rows(
         if "conversation" in row:
             example["conversation"] = row["conversation"]
             example["history"] = [[clean(customer), clean(agent)] for customer, agent in history]
+        customer = [turn[0] for turn in example.get("history", [])] + [example["instruction"]]
+        example["response"], fixed, unexplained = repair_codes(example["response"], customer)
+        if unexplained:
+            codes["skipped"] += 1
+            report.skip(number, "reply names an order id the customer did not give")
+            continue
+        codes["replies_repaired"] += bool(fixed)
+        codes["codes_repaired"] += fixed
         kept.append(filler.fill_example(example))
     return kept
 
@@ -464,12 +475,13 @@ def _prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str
     )
     scrub = Scrubber(load_rules(config.pii_rules), config.phone_regions()) if config.pii == "scrub" else None
     controls: Counter[str] = Counter()
+    codes: Counter[str] = Counter()
     if input_kind == "pairs":
         examples, example_report = records, report  # one example per row: a row is kept or skipped as a whole
     else:
         examples = (from_messages if input_kind == "messages" else from_threads)(records, report)
         example_report = LoadReport(rows_in=len(examples))
-    kept = clean_rows(examples, example_report, filler, controls, scrub)
+    kept = clean_rows(examples, example_report, filler, controls, scrub, codes)
     if not kept:
         skipped = report.skipped + ([] if example_report is report else example_report.skipped)
         reasons = Counter(card.reason_counts(skipped)).most_common(3)
@@ -501,6 +513,8 @@ def _prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str
         "data_card": card.statistics(kept, example_report, scrub, input_kind),
         "placeholders": filler.coverage(),
         "control_characters_removed": dict(sorted(controls.items())),
+        # replies naming an order id the customer did not give: repaired to the customer's, or the row skipped
+        "order_ids": {key: codes[key] for key in ("replies_repaired", "codes_repaired", "skipped")},
         "overlap": {"normalized_instruction_pairs": overlap, "shared_total": sum(overlap.values())},
         "splits": {
             name: {
@@ -567,6 +581,10 @@ def summary_lines(manifest: dict[str, Any], out_dir: Path) -> list[str]:
         "pii          " + ("off (--pii keep)" if pii["mode"] == "keep" else f"replaced {pii['found'] or 'nothing'}")
     )
     lines.append(f"languages    {dict(list(card_stats['languages'].items())[:5])}")
+    ids = manifest["order_ids"]
+    lines.append(
+        f"order ids    {ids['replies_repaired']} replies repaired to the customer's id, {ids['skipped']} rows skipped"
+    )
     lines.append(f"placeholders {facts_line(ph)}")
     lines.append(f"written to   {out_dir}")
     return lines

@@ -177,12 +177,13 @@ def test_real_bitext_file(tmp_path):
     assert all(v == 0 for v in manifest["overlap"]["normalized_instruction_pairs"].values())
     placeholders = manifest["placeholders"]
     assert manifest["data_card"]["pii"]["found"] == {"email": 2}  # support addresses in two replies
-    assert placeholders["occurrences"] == 9264 + 2  # the file's placeholders, and the two the scrubber wrote
+    # the file's placeholders and the two the scrubber wrote, less the four in the three rows skipped for an invented id
+    assert placeholders["occurrences"] == 9264 + 2 - 4
     assert placeholders["mode"] == "slots"  # the default: company facts stay slots, no constant is learnt
     test = [r["response"] for r in _read(tmp_path / "out", "test")]
     assert any("{{Customer Support Phone Number}}" in r for r in test) and not any("1-800-555-0199" in r for r in test)
     filled = prepare(DataConfig(source=str(BITEXT), facts="fill"), tmp_path / "fill")["placeholders"]
-    assert filled["occurrences"] == 9264 + 2 and filled["mapped_share"] > 0.75
+    assert filled["occurrences"] == 9264 + 2 - 4 and filled["mapped_share"] > 0.75
     assert all("{{" not in r["response"] for r in _read(tmp_path / "fill", "test"))
 
 
@@ -359,3 +360,38 @@ def test_a_twcs_file_that_is_not_utf8_is_named(tmp_path):
     path.write_bytes("tweet_id,author_id,inbound,text,response_tweet_id\n1,a,True,café,\n".encode("latin-1"))
     with pytest.raises(SupportBenchError, match="is not UTF-8 text"):
         load_twcs_pairs(path)
+
+
+def _codes(text: str) -> set[str]:
+    from supportbench.facts.identifiers import CODE, MIN_CODE_DIGITS
+
+    return {d for m in CODE.findall(text) if len(d := "".join(filter(str.isdigit, m))) >= MIN_CODE_DIGITS}
+
+
+def test_replies_naming_another_order_id_are_repaired_or_skipped(tmp_path):
+    rows = fixture_rows()[:60] + [
+        {**fixture_rows()[0], "instruction": "cancel purchase 3707955617", "response": "Cancelling 370795561790 now."},
+        {**fixture_rows()[1], "instruction": "where is order 55501?", "response": "Order 55591 ships today."},
+        {**fixture_rows()[2], "instruction": "cancel order 48213", "response": "I cancelled order 90000123."},
+        {**fixture_rows()[3], "instruction": "I need help", "response": "Your case number is 88812345."},
+        {**fixture_rows()[4], "instruction": "order 61234 is late", "response": "See www.example.com/t/A7B9C1D3E5F."},
+    ]
+    manifest = _prepare(write_csv(tmp_path / "in.csv", rows), tmp_path / "out", test_size=10, validation_size=5)
+    assert manifest["order_ids"] == {"replies_repaired": 2, "codes_repaired": 2, "skipped": 1}
+    assert manifest["counts"]["skipped_by_reason"] == {"reply names an order id the customer did not give": 1}
+    replies = {r["instruction"]: r["response"] for name in SPLITS for r in _read(tmp_path / "out", name)}
+    assert replies["cancel purchase 3707955617"] == "Cancelling 3707955617 now."  # digits added: the customer's
+    assert replies["where is order 55501?"] == "Order 55501 ships today."  # one digit changed
+    assert "cancel order 48213" not in replies
+    assert replies["I need help"] == "Your case number is 88812345."  # issued by the agent: the customer gave none
+    assert replies["order 61234 is late"] == "See www.example.com/t/A7B9C1D3E5F."  # a link is not an order id
+    card = (tmp_path / "out" / "data_card.md").read_text()
+    assert "repaired to the customer's exact id (2 replies, 2 ids)" in card and "(1 rows)" in card
+
+
+def test_the_bitext_training_replies_name_no_order_id_the_query_did_not_give(tmp_path):
+    manifest = prepare(DataConfig(source=str(BITEXT)), tmp_path / "out")
+    train = _read(tmp_path / "out", "train")
+    invented = [r for r in train if _codes(r["response"]) - _codes(r["instruction"])]
+    assert len(invented) <= 0.01 * len(train)  # the bar; 62 of 3,913 (1.6%) before the repair
+    assert manifest["order_ids"]["replies_repaired"] > 0
