@@ -55,14 +55,30 @@ class Slot:
                 return matches[-1].group("value")
         return None
 
-    def draw(self, rng: random.Random) -> str:
-        """A realistic value for a customer fact: one of `values`, or a `formats` shape with random digits and letters."""
+    def draw(self, rng: random.Random, avoid: frozenset[str] = frozenset()) -> str:
+        """A realistic value for a customer fact: one of `values`, or a `formats` shape with random digits and letters;
+        never one of `avoid` (the values PII scrubbing removed from this example: a drawn value must not put back what
+        was taken out), else the slot's neutral phrase."""
+        avoided = {plain(v) for v in avoid}
         if self.values:
-            return rng.choice(self.values)
-        shape = rng.choice(self.formats)
-        return "".join(
-            str(rng.randrange(10)) if c == "#" else chr(65 + rng.randrange(26)) if c == "@" else c for c in shape
-        )
+            allowed = [v for v in self.values if plain(v) not in avoided]
+            return rng.choice(allowed) if allowed else self.phrase or readable(self.name)
+        for _ in range(DRAW_TRIES):
+            shape = rng.choice(self.formats)
+            value = "".join(
+                str(rng.randrange(10)) if c == "#" else chr(65 + rng.randrange(26)) if c == "@" else c for c in shape
+            )
+            if plain(value) not in avoided:
+                return value
+        return self.phrase or readable(self.name)
+
+
+DRAW_TRIES = 20
+
+
+def plain(value: str) -> str:
+    """A value compared without case, spaces or punctuation (`020 7946 0958` is `02079460958`)."""
+    return re.sub(r"\W", "", value).casefold()
 
 
 def readable(key: str) -> str:
@@ -127,13 +143,14 @@ class SlotWriter:
     seed: int
     counts: Counter[str] = field(default_factory=Counter)
 
-    def fill_example(self, example: dict[str, Any]) -> dict[str, Any]:
-        """The example with its customer texts (instruction, history) and agent texts (response, history) written."""
+    def fill_example(self, example: dict[str, Any], avoid: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The example with its customer texts (instruction, history) and agent texts (response, history) written;
+        drawn values are never one of `avoid` (what PII scrubbing removed from the example)."""
         rng = random.Random(f"{self.seed}:{example['id']}")  # a str seed is hashed the same way on every machine
         drawn: dict[str, str] = {}
         history = example.get("history")
-        customer = [self._customer_text(c, rng, drawn) for c, _ in history or []]
-        instruction = self._customer_text(example["instruction"], rng, drawn)
+        customer = [self._customer_text(c, rng, drawn, avoid) for c, _ in history or []]
+        instruction = self._customer_text(example["instruction"], rng, drawn, avoid)
         said = [*customer, instruction]
         written = {
             **example,
@@ -155,7 +172,7 @@ class SlotWriter:
             return readable(match.group(1))
         return slot
 
-    def _customer_text(self, text: str, rng: random.Random, drawn: dict[str, str]) -> str:
+    def _customer_text(self, text: str, rng: random.Random, drawn: dict[str, str], avoid: frozenset[str]) -> str:
         def replace(match: re.Match[str]) -> str:
             slot = self._declared(match)
             if isinstance(slot, str):
@@ -164,7 +181,7 @@ class SlotWriter:
                 self.counts[f"company:{slot.name}"] += 1
                 return slot.placeholder
             self.counts[f"customer_drawn:{slot.name}"] += 1
-            return drawn.setdefault(slot.name, slot.draw(rng))
+            return drawn.setdefault(slot.name, slot.draw(rng, avoid))
 
         return PLACEHOLDER.sub(replace, text)
 

@@ -12,6 +12,7 @@ import numpy as np
 from supportbench.facts.slots import SLOT_COUNTS
 from supportbench.layout import SPLITS
 from supportbench.metrics import word_count
+from supportbench.prepare.pii import measure
 from supportbench.reports.plots import figure_png
 from supportbench.reports.render import markdown_table
 
@@ -47,7 +48,12 @@ def statistics(kept: list[dict[str, Any]], examples: Any, scrub: Any, input_kind
         "categories": dict(Counter(r["category"] for r in kept if r["category"]).most_common()),
         "intents": dict(Counter(r["intent"] for r in kept if r["intent"]).most_common()),
         "languages": dict(Counter(r["language"] for r in kept).most_common()),
-        "pii": {"mode": "scrub" if scrub else "keep", "found": dict(sorted(scrub.found.items())) if scrub else {}},
+        "pii": {
+            "mode": "scrub" if scrub else "keep",
+            "found": dict(sorted(scrub.found.items())) if scrub else {},
+            # the same rules and regions measured on planted values (pii_benchmark.yaml)
+            "measured": measure(scrub.rules, scrub.phone_regions) if scrub else None,
+        },
         "duplicates_removed": sum(s["reason"].startswith("duplicate of") for s in examples.skipped),
     }
     if input_kind != "pairs":
@@ -126,6 +132,27 @@ def markdown(manifest: dict[str, Any], png_name: str) -> str:
     else:
         lines += ["Replaced by typed placeholders before anything was written (values are never stored):", ""]
         lines += _table(("type", "found"), list(pii["found"].items()) or [("(none found)", 0)])
+        if measured := pii.get("measured"):
+            kinds, kept = measured["kinds"], measured["kept_values"]
+            lines += [
+                f"Measured with the same rules and phone regions ({', '.join(measured['phone_regions'])}) on "
+                f"{sum(k['planted'] for k in kinds.values())} planted values of {len(kinds)} kinds (the bundled "
+                f"pii_benchmark.yaml); {kept['survived']} of the {kept['must_survive']} order numbers and amounts "
+                "there, which are not personal, were kept:",
+                "",
+            ]
+            rows = [
+                (
+                    kind,
+                    k["planted"],
+                    k["removed"],
+                    f"{k['recall']:.2f}",
+                    "—" if k["precision"] is None else f"{k['precision']:.2f}",
+                    ", ".join(k["missed"]) or "—",
+                )
+                for kind, k in kinds.items()
+            ]
+            lines += _table(("kind", "planted", "removed", "recall", "precision", "kept (missed)"), rows)
     lines += ["## Facts", "", _facts_text(manifest.get("placeholders") or {}), ""]
     if (manifest.get("placeholders") or {}).get("mode") == "slots":
         by_kind = manifest["placeholders"]["by_kind"]

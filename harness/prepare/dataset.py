@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -19,7 +20,7 @@ from typing import Any
 from supportbench.checks.language import identifier
 from supportbench.config import DATA_ENV, OPTIONAL_COLUMNS, DataConfig
 from supportbench.facts.identifiers import repair_codes
-from supportbench.facts.slots import SLOT_COUNTS, SlotWriter, readable
+from supportbench.facts.slots import SLOT_COUNTS, SlotWriter, plain, readable
 from supportbench.files import (
     LOCK_NAME,
     SupportBenchError,
@@ -190,25 +191,24 @@ class PlaceholderFiller:
         self.mapped = 0
         self.fallback: Counter[str] = Counter()
 
-    def _replace(self, match: re.Match[str]) -> str:
+    def _replace(self, match: re.Match[str], avoided: set[str]) -> str:
         key = match.group(1).strip()
         value = self.mapping.get(key.casefold())
-        if value is not None:
+        if value is not None and plain(value) not in avoided:
             self.mapped += 1
             return value
         self.fallback[key] += 1
         return readable(key)
 
-    def __call__(self, text: str) -> str:
-        """Return text with every placeholder replaced."""
-        return PLACEHOLDER.sub(self._replace, text)
+    def __call__(self, text: str, avoid: frozenset[str] = frozenset()) -> str:
+        """Return text with every placeholder replaced; a fixed value that is one of `avoid` (what PII scrubbing
+        removed) becomes the placeholder's readable name instead."""
+        avoided = {plain(v) for v in avoid}
+        return PLACEHOLDER.sub(lambda match: self._replace(match, avoided), text)
 
-    def fill_example(self, example: dict[str, Any]) -> dict[str, Any]:
+    def fill_example(self, example: dict[str, Any], avoid: frozenset[str] = frozenset()) -> dict[str, Any]:
         """The example with every placeholder of its exchange and history filled (prepare --facts fill)."""
-        filled = {**example, "instruction": self(example["instruction"]), "response": self(example["response"])}
-        if "history" in example:
-            filled["history"] = [[self(customer), self(agent)] for customer, agent in example["history"]]
-        return filled
+        return _texts_mapped(example, lambda text: self(text, avoid))
 
     def coverage(self) -> dict[str, Any]:
         """Counts of mapped and fallen-back placeholder occurrences, with the top fallback keys."""
@@ -307,8 +307,19 @@ def clean_rows(
             continue
         codes["replies_repaired"] += bool(fixed)
         codes["codes_repaired"] += fixed
-        kept.append(filler.fill_example(example))
+        removed = scrub.take_removed() if scrub else {}
+        if removed:  # a value removed from one text of the example is removed from all of them
+            example = _texts_mapped(example, functools.partial(Scrubber.everywhere, removed=removed))
+        kept.append(filler.fill_example(example, frozenset(removed)))
     return kept
+
+
+def _texts_mapped(example: dict[str, Any], change: Callable[[str], str]) -> dict[str, Any]:
+    """The example with `change` applied to its query, reply and history."""
+    changed = {**example, "instruction": change(example["instruction"]), "response": change(example["response"])}
+    if "history" in example:
+        changed["history"] = [[change(customer), change(agent)] for customer, agent in example["history"]]
+    return changed
 
 
 def detect_languages(rows: list[dict[str, Any]], languages: str) -> None:

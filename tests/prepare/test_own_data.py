@@ -197,7 +197,7 @@ def test_pii_is_replaced_counted_by_type_and_never_written(tmp_path):
     card = (out / "data_card.md").read_text()
     assert "| card | 4 |" in card and "| ticket_id | 4 |" in card
     kept = prepare(DataConfig(source=str(source), pii="keep", **SMALL), tmp_path / "raw")
-    assert kept["data_card"]["pii"] == {"mode": "keep", "found": {}}
+    assert kept["data_card"]["pii"] == {"mode": "keep", "found": {}, "measured": None}
     assert all(
         v.encode() in b"".join(p.read_bytes() for p in (tmp_path / "raw").glob("*.jsonl")) for v in PLANTED["email"]
     )
