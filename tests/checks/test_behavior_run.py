@@ -90,10 +90,11 @@ def test_cases_written_to_pass_pass_and_cases_written_to_fail_fail(replying_run,
     policy = {c["id"]: (c["guarded"]["reasons"][0], c["guarded"]["passed"][0]) for c in result["cases"]}
     assert policy["fail-language"] == ("language_handoff", True)  # the Spanish handoff is in Spanish
     assert policy["pass-history"][0] == "injection" and policy["pass-refuses-and-asks"][0] == "out_of_scope"
-    assert policy["fail-copied-number"] == ("model", False) and policy["fail-length"] == ("model", False)
+    # the customer gave 55501: the reply's request for the order number is removed, the rest still lacks 55501
+    assert policy["fail-copied-number"] == ("output_filtered", False) and policy["fail-length"] == ("model", False)
     guarded_failed = {i for i, (_, passed) in policy.items() if not passed}
     assert result["paired_guarded"]["all"]["only_guarded_passed"] == 1
-    assert result["policy_decisions"]["fail"] == {"language_handoff": 1, "model": 2}
+    assert result["policy_decisions"]["fail"] == {"language_handoff": 1, "output_filtered": 1, "model": 1}
     suite = ET.parse(junit).getroot().find("testsuite")  # the guarded verdicts, as served
     assert suite.get("tests") == "6" and suite.get("failures") == str(len(guarded_failed))
     assert {c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None} == guarded_failed

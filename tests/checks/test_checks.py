@@ -7,6 +7,7 @@ import csv
 import json
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -202,7 +203,10 @@ def test_a_suite_without_cases_or_with_unknown_top_level_keys_is_refused(tmp_pat
 def test_the_default_suite_covers_what_the_issue_lists():
     cases = load_suite(default_suite())
     groups = {c.group() for c in cases}
-    assert len(cases) >= 80
+    assert len(cases) >= 150
+    sizes = Counter(c.group() for c in cases)
+    needed = ("language", "off_topic", "privacy", "injection", "missing_fact", "context", "escalation")
+    assert all(sizes[group] >= 10 for group in needed), sizes
     assert {
         "intent",
         "missing_fact",
@@ -216,7 +220,9 @@ def test_the_default_suite_covers_what_the_issue_lists():
     } <= groups
     intents = {c.expect.intent for c in cases if c.expect.intent}
     assert len(intents) == 27
-    assert {c.expect.language for c in cases if c.expect.language} == {"es", "fr", "de"}
+    assert {c.expect.language for c in cases if c.expect.language} == {"es", "fr", "de", "it", "pt", "nl"}
+    # context across turns: the fact is given two customer turns before the query
+    assert all(len([m for m in c.history if m.role == "customer"]) >= 2 for c in cases if c.group() == "context")
     assert any(c.history for c in cases if c.group() == "injection")
     assert json.dumps([c.model_dump() for c in cases])  # every case is plain data
     assert all(re.fullmatch(r"[a-z0-9-]+", c.id) for c in cases)
