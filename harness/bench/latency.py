@@ -178,7 +178,12 @@ def run_suite(run_dir: Path, quick: bool, profile: str | Path | None = None) -> 
     run.require_adapter()
     filled_with = profile_for_run(run.data, profile).record()  # refused before minutes of benchmarks
     run.bench_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "SUPPORTBENCH_BENCH_RUN": str(run.path), "SUPPORTBENCH_BENCH_QUICK": "1" if quick else "0"}
+    env = {
+        **os.environ,
+        "SUPPORTBENCH_BENCH_RUN": str(run.path),
+        "SUPPORTBENCH_BENCH_QUICK": "1" if quick else "0",
+        "SUPPORTBENCH_BENCH_PROFILE": str(profile or ""),
+    }
     command = [
         sys.executable,
         "-m",
@@ -217,8 +222,15 @@ def run_suite(run_dir: Path, quick: bool, profile: str | Path | None = None) -> 
 def summarize_benchmarks(raw: dict[str, Any]) -> dict[str, Any]:
     """Fold pytest-benchmark JSON into one row per variant."""
     rows: dict[str, dict[str, Any]] = {}
+    policy = None
     for bench in raw["benchmarks"]:
         info, stats = bench["extra_info"], bench["stats"]
+        if info["measure"] == "policy":  # milliseconds the reply policy adds to one reply
+            policy = {
+                "replies": info["replies"],
+                **{f"{k}_ms": 1000 * stats[k] for k in ("median", "mean", "max")},
+            }
+            continue
         row = rows.setdefault(info["variant"], {})
         if info["measure"] in ("cold_load", "warm_load"):
             row[f"{info['measure']}_s"] = stats["median"]
@@ -227,7 +239,11 @@ def summarize_benchmarks(raw: dict[str, Any]) -> dict[str, Any]:
     for row in rows.values():  # what 1,000 replies like the bench's cost, one at a time and batched
         row["cpu_s_per_1k_replies"] = 1000 * row["cpu_s_per_reply"]
         row["cpu_s_per_1k_replies_batched"] = 1000 * row["cpu_s_per_reply_batched"]
-    return {"variants": rows, "pytest_benchmark": {"version": raw.get("version"), "datetime": raw.get("datetime")}}
+    return {
+        "variants": rows,
+        "policy": policy,
+        "pytest_benchmark": {"version": raw.get("version"), "datetime": raw.get("datetime")},
+    }
 
 
 def summary_lines(summary: dict[str, Any], run: RunDir) -> list[str]:
@@ -243,5 +259,9 @@ def summary_lines(summary: dict[str, Any], run: RunDir) -> list[str]:
             f"{row['e2e_p50_s']:>8.2f}{row['e2e_p95_s']:>8.2f}{row['tokens_per_s_batch1']:>10.1f}"
             f"{row['tokens_per_s_batched']:>12.1f}{row['cpu_s_per_1k_replies']:>12.0f}{row['cpu_s_per_1k_replies_batched']:>13.0f}"
             f"{row['peak_rss_mib']:>14.0f}{disk:>10}"
+        )
+    if policy := summary.get("policy"):
+        lines.append(
+            f"reply policy: {policy['median_ms']:.1f} ms p50 per reply (decide + screen, {policy['replies']} test replies)"
         )
     return [*lines, f"written to {run.bench_dir}"]

@@ -82,3 +82,24 @@ def test_batched_throughput(benchmark, loaded):
     benchmark.extra_info.update(
         {"variant": variant, "measure": "batched", "batch": len(prompts), **figures, **peak_memory()}
     )
+
+
+def test_policy_overhead(benchmark):
+    """What the reply policy adds to each reply: its decision before generation and its screen of the reply after,
+    on the run's test queries and replies (no model runs: the policy's cost does not depend on it)."""
+    from supportbench.facts.profile import profile_for_run
+    from supportbench.serve.policy import ReplyPolicy
+
+    policy = ReplyPolicy.for_run(RUN, profile_for_run(RUN.data, os.environ.get("SUPPORTBENCH_BENCH_PROFILE") or None))
+    if policy is None:
+        pytest.skip("the profile switches the reply policy off")
+    rows = RUN.data.rows("test")[: 20 if QUICK else 100]
+    pending = iter(rows)
+
+    def one_reply():
+        row = next(pending)
+        texts = [row["instruction"]]
+        policy.screen(row["response"], policy.decide(texts), texts, final=True)
+
+    benchmark.pedantic(one_reply, rounds=len(rows), iterations=1)
+    benchmark.extra_info.update({"variant": "policy", "measure": "policy", "replies": len(rows)})

@@ -1,7 +1,7 @@
 """`supportbench invariance`: CheckList's INV test on the held-out split. The first test queries are answered
 clean and under each seeded perturbation (typos, casing, punctuation removed, politeness added) by the base and
-the fine-tuned model; how far intent fidelity and semantic similarity drop from the clean query is reported,
-paired per example, with intervals."""
+the fine-tuned model, and the fine-tuned replies through the reply policy (guarded, as served); how far intent
+fidelity and semantic similarity drop from the clean query is reported, paired per example, with intervals."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from supportbench.checks import intent
 from supportbench.checks.embedding import DEFAULT_EMBEDDING_MODEL, similarity
 from supportbench.checks.invariance import perturb
 from supportbench.config import InvarianceConfig
-from supportbench.evaluation.behavior import MODELS, SuiteRunner
+from supportbench.evaluation.behavior import MODELS, VARIANTS, SuiteRunner
 from supportbench.files import SupportBenchError, write_json
 from supportbench.layout import RunDir
+from supportbench.serve.policy import ReplyPolicy
 from supportbench.stats import mean_interval, paired_difference
 from supportbench.templates import Turn, row_turns
 
@@ -26,7 +27,8 @@ CLEAN = "clean"
 def run_invariance(
     run_dir: Path, config: InvarianceConfig, profile: str | None = None, embedding_model: str = DEFAULT_EMBEDDING_MODEL
 ) -> dict[str, Any]:
-    """Answer config.limit test queries clean and perturbed with both models; write eval/invariance.json."""
+    """Answer config.limit test queries clean and perturbed with both models, guard the fine-tuned replies as served;
+    write eval/invariance.json."""
     from supportbench.tasks.customer_support.utils import intent_classifier, read_reference
 
     config.validate()
@@ -42,6 +44,7 @@ def run_invariance(
     rows = [r for r in run.data.rows("test") if r.get("intent") in known][: config.limit]
     started = time.perf_counter()
     runner = SuiteRunner(run, config.answering(), profile)
+    policy = ReplyPolicy.for_run(run, runner.profile)  # None where the profile switches it off: served raw
     variants = (CLEAN, *kinds)
 
     def conversation(row: dict[str, Any], kind: str) -> list[Turn]:
@@ -52,10 +55,19 @@ def run_invariance(
     scores: dict[str, dict[str, dict[str, list[float]]]] = {}
     examples = []
     references = [read_reference(r, runner.profile) for r in rows]
-    for model in MODELS:
+    replies_of: dict[str, dict[str, list[str]]] = {variant: {} for variant in VARIANTS}
+    for kind in variants:
+        conversations = [conversation(r, kind) for r in rows]
+        for model in MODELS:
+            replies_of[model][kind] = [r[0] for r in runner.replies(conversations, model == "finetuned")]
+        replies_of["guarded"][kind] = [
+            policy.guard(reply, [t.customer for t in turns]).text if policy else reply
+            for reply, turns in zip(replies_of["finetuned"][kind], conversations, strict=True)
+        ]
+    for model in VARIANTS:
         scores[model] = {}
         for kind in variants:
-            replies = [r[0] for r in runner.replies([conversation(r, kind) for r in rows], model == "finetuned")]
+            replies = replies_of[model][kind]
             scores[model][kind] = {
                 "intent_fidelity": [
                     float(intent.predict(classifier, t) == r["intent"]) for t, r in zip(replies, rows, strict=True)
@@ -87,7 +99,7 @@ def run_invariance(
             }
             for metric in ("intent_fidelity", "semantic_similarity")
         }
-        for model in MODELS
+        for model in VARIANTS
     }
     summary = {
         "run": str(run.path),
@@ -105,15 +117,20 @@ def run_invariance(
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
-    """Intent fidelity per perturbation, base and fine-tuned, with the paired change from the clean query."""
+    """Intent fidelity per perturbation, base, fine-tuned raw and guarded, with the paired change from the clean
+    query."""
+    shown = [v for v in VARIANTS if v in summary["metrics"]]  # an older record has no guarded column
     lines = [f"{summary['n']} test queries; decoding {summary['decoding']['label']}"]
-    lines.append(f"{'perturbation':<16}{'base':>10}{'change':>26}{'fine-tuned':>12}{'change':>26}")
+    lines.append(f"{'perturbation':<16}" + "".join(f"{v:>12}{'change':>26}" for v in shown))
     for kind in (CLEAN, *summary["perturbations"]):
         cells = []
-        for model in MODELS:
+        for model in shown:
             row = summary["metrics"][model]["intent_fidelity"][kind]
             drop = row.get("drop")
             change = "" if drop is None else f"{drop['mean']:+.3f} [{drop['low']:+.3f}, {drop['high']:+.3f}]"
             cells += [f"{row['mean']['mean']:.3f}", change]
-        lines.append(f"{kind:<16}{cells[0]:>10}{cells[1]:>26}{cells[2]:>12}{cells[3]:>26}")
+        lines.append(
+            f"{kind:<16}"
+            + "".join(f"{value:>12}{change:>26}" for value, change in zip(cells[::2], cells[1::2], strict=True))
+        )
     return ["intent fidelity:", *lines]

@@ -53,7 +53,9 @@ def test_bench_writes_well_formed_json(full_run):
     assert variants["exported"]["size_on_disk_mib"] < variants["merged"]["size_on_disk_mib"]  # int8 against fp32
     assert summary["machine"]["cores"] >= 1 and summary["machine"]["torch_threads"] >= 1
     raw = read_json(full_run / "bench" / "pytest_benchmark.json")
-    assert len(raw["benchmarks"]) == 3 * len(variants)  # warm load, reply, batched per variant
+    assert len(raw["benchmarks"]) == 3 * len(variants) + 1  # warm load, reply, batched per variant; the policy
+    policy = summary["policy"]  # what the reply policy adds per reply, on the run's test replies
+    assert policy["replies"] > 0 and 0 < policy["median_ms"] <= policy["max_ms"]
 
 
 def test_eval_speed_measures_eval_on_both_runtimes_in_one_process(full_run, tmp_path, capsys):

@@ -176,6 +176,8 @@ def test_invariance_pairs_perturbed_queries_with_the_clean_ones_and_the_report_l
         fidelity = result["metrics"][model]["intent_fidelity"]
         assert set(fidelity) == {"clean", "typos", "polite"} and "drop" not in fidelity["clean"]
         assert all(fidelity[k]["drop"]["mean"] == 0.0 and fidelity[k]["drop"]["n"] == 5 for k in ("typos", "polite"))
+    guarded = result["metrics"]["guarded"]["intent_fidelity"]  # the same replies through the reply policy
+    assert set(guarded) == {"clean", "typos", "polite"} and guarded["typos"]["drop"]["n"] == 5
     polite = next(e for e in result["examples"] if e["perturbation"] == "polite")
     clean = next(e for e in result["examples"] if e["perturbation"] == "clean")
     assert clean["query"] in polite["query"] and polite["query"] != clean["query"]
@@ -187,6 +189,7 @@ def test_invariance_pairs_perturbed_queries_with_the_clean_ones_and_the_report_l
     customers = markdown.split("## What customers see")[1].split("## Quality")[0]
     assert "| fail | 3 | 0% [0%, 56%] | 0% [0%, 56%] |" in customers and "fail-copied-number" in customers
     assert "| typos |" in customers and "Invariance (CheckList INV)" in customers
+    assert "intent fidelity guarded" in customers
 
 
 def test_invariance_refuses_unknown_perturbations_and_tiny_limits(replying_run, capsys):
