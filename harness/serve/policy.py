@@ -25,7 +25,8 @@ from supportbench.files import SupportBenchError, ensure_writable_dir, read_json
 from supportbench.layout import RunDir
 from supportbench.templates import SYSTEM_PROMPT
 
-# why a reply is what it is: the policy's own message (the first five), or the model's reply, screened
+# why a reply is what it is: the policy's own message (the first four, TURNED_AWAY), or the model's reply, screened
+# (with a request for the order number or the way to reach a person added, or sentences removed)
 REASONS = (
     "injection",
     "privacy",
@@ -39,7 +40,7 @@ REASONS = (
 TURNED_AWAY = frozenset({"injection", "privacy", "language_handoff", "out_of_scope"})  # the model did not answer
 MODES = ("on", "off")
 SCOPE_C = 4.0  # the scope classifier's inverse regularisation (chosen on the ci split: see README)
-FOLLOW_UP_TURNS = 3
+FOLLOW_UP_TURNS = 3  # a follow-up's scope is also read after this many of the customer's earlier messages
 FOLLOW_UP = re.compile(r"\b(it|that|this|them|those|one)\b", re.I)  # a query that refers back to an earlier turn
 SCOPE_TARGET_FALSE_REFUSAL = 0.01  # the threshold refuses at most this share of the validation queries
 FACT = "order number"
