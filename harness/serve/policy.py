@@ -23,6 +23,7 @@ from supportbench.facts.profile import Profile, load_profile
 from supportbench.facts.slots import fill_reply
 from supportbench.files import SupportBenchError, ensure_writable_dir, read_json, read_yaml, write_json
 from supportbench.layout import RunDir
+from supportbench.prepare.pii import card_valid
 from supportbench.templates import SYSTEM_PROMPT
 
 # why a reply is what it is: the policy's own message (the first four, TURNED_AWAY), or the model's reply, screened
@@ -365,7 +366,7 @@ class ReplyPolicy:
             return None, f"stated {', '.join(invented)}, which neither the customer nor the profile gave"
         if any(i.startswith("code:") for i in given) and asks_for(sentence, FACT):
             return None, "asked again for the order number the customer gave"
-        redacted = CARD_LIKE.sub(CARD_REDACTED, sentence)
+        redacted = CARD_LIKE.sub(lambda m: CARD_REDACTED if card_valid(m.group(0)) else m.group(0), sentence)
         return redacted, "removed a card-like number" if redacted != sentence else ""
 
     def screen(self, text: str, decision: Decision, customer_texts: Sequence[str], final: bool) -> Guarded:

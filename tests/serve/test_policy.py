@@ -79,6 +79,9 @@ def test_the_screen_removes_what_must_not_reach_a_customer(policy):
     assert "$500" not in guarded.text and guarded.reason == "output_filtered"
     kinds = {change.split()[0] for change in guarded.changes}
     assert kinds == {"repeated", "removed", "promised"}
+    order = "I will cancel your purchase 113542617735902 now."  # the customer's own long order number is no card
+    texts = ["I would like to cancel purchase 113542617735902"]
+    assert policy.screen(order, decision, texts, final=True).text == order
 
 
 def test_allowed_amounts_pass(tmp_path, tiny_run):
