@@ -237,7 +237,13 @@ class EvalConfig:
         None, "never repeat an n-gram of this size, 0 for none (none: the run's frozen decoding, chosen on validation)"
     )
     validation_limit: int = option(
-        32, "validation examples generated per candidate decoding, when the run has no frozen decoding yet"
+        24,
+        "validation replies of the budget check (and per candidate decoding), when the run has no frozen decoding yet",
+    )
+    choose_decoding: bool = option(
+        False,
+        "compare every candidate decoding on validation and pick by the choice rule (default: plain greedy unless the "
+        "budget check finds over 2% at the cap or looping replies, then the first candidate that fits)",
     )
     profile: str | None = option(
         None, "company profile YAML whose values fill the replies' company slots (none: the bundled profile.yaml)"

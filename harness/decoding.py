@@ -14,6 +14,7 @@ from supportbench.metrics import token_cap
 
 BUDGET_PERCENTILE = 99.0  # replies longer than the training split's p99 are cut at the cap
 MAX_AT_CAP_SHARE = 0.02  # a decoding that leaves more validation replies at the cap is not chosen
+MAX_LOOPING_SHARE = 0.0  # nor one with a looping validation reply (checks.repetition)
 REPETITION_PENALTIES = (1.0, 1.1)
 NO_REPEAT_NGRAM_SIZES = (0, 6)  # 0: off; support replies legitimately repeat shorter phrases ("your order")
 CONTROLS = ("repetition_penalty", "no_repeat_ngram_size")  # as transformers, lm-eval and CTranslate2 name them
@@ -72,8 +73,35 @@ CHOICE_RULE = (
     "among the candidates within 2%), or a candidate within 2% beats it on the same validation examples with a "
     "paired 95% interval above 0; never a candidate whose validation replies invent more facts than plain greedy's"
 )
+SEARCH_RULE = (
+    "plain greedy when its validation replies pass the budget check (at most 2% at the cap, none looping); else the "
+    "first candidate, in order, that passes it without inventing more facts than plain greedy; else as CHOICE_RULE"
+)
 # transformers' no-repeat-n-gram control counts the prompt's n-grams too, so it can forbid copying a customer's order
 # number (one of 6 tokens comes out with digits changed): a decoding must not buy ROUGE-L with invented facts
+
+
+def fits(scored: dict[str, Any]) -> bool:
+    """True when a decoding's validation replies pass the budget check: at most 2% at the cap, none looping."""
+    return scored["at_cap"] <= MAX_AT_CAP_SHARE and scored["repetition"] <= MAX_LOOPING_SHARE
+
+
+def budget_check(scored: dict[str, Any], examples: int) -> str:
+    """The budget check's finding on plain greedy's validation replies, in words."""
+    verdict = "passes" if fits(scored) else "fails"
+    return (
+        f"plain greedy {verdict} the budget check on {examples} validation replies: {scored['at_cap']:.0%} at the "
+        f"cap (at most {MAX_AT_CAP_SHARE:.0%}), {scored['repetition']:.0%} looping (at most {MAX_LOOPING_SHARE:.0%})"
+    )
+
+
+def first_fitting(scored: list[dict[str, Any]]) -> tuple[Decoding, str] | None:
+    """The first candidate, in the order tried, that fits and invents no more facts than plain greedy; None if none."""
+    greedy = scored[0]
+    for s in scored:
+        if fits(s) and s.get("invented_facts", 0.0) <= greedy.get("invented_facts", 0.0):
+            return Decoding(**s["decoding"]), f"{Decoding(**s['decoding']).label()} is the first candidate that fits"
+    return None
 
 
 def compare_to_greedy(scored: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:

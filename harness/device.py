@@ -39,6 +39,15 @@ def process_state() -> Any:
     return PartialState(cpu=pick_device().device == "cpu")
 
 
+def shared(value: Any) -> Any:
+    """The main process's value in every launched process (as is in a single one)."""
+    if world_size() == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
 def pick_device(prefer: str | None = None) -> DeviceChoice:
     """fp32 on CPU; bf16 on Ampere or newer GPUs, fp16 on older ones."""
     device = prefer or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -6,7 +6,16 @@ import dataclasses
 
 import pytest
 
-from supportbench.decoding import Decoding, candidates, compare_to_greedy, pick, reply_budget
+from supportbench.decoding import (
+    Decoding,
+    budget_check,
+    candidates,
+    compare_to_greedy,
+    first_fitting,
+    fits,
+    pick,
+    reply_budget,
+)
 
 
 def test_the_reply_budget_is_the_training_replies_p99_rounded_up_to_8():
@@ -16,15 +25,33 @@ def test_the_reply_budget_is_the_training_replies_p99_rounded_up_to_8():
     assert budget["max_new_tokens"] == 200 and budget["max"] == 200
 
 
-def _scored(p: float, n: int, per_example: list[float], at_cap: float, invented_facts: float = 0.0) -> dict:
+def _scored(
+    p: float, n: int, per_example: list[float], at_cap: float, invented_facts: float = 0.0, repetition: float = 0.0
+) -> dict:
     rouge = {"mean": sum(per_example) / len(per_example)}
     return {
         "decoding": dataclasses.asdict(Decoding(64, p, n)),
         "rougeL": rouge,
         "per_example_rougeL": per_example,
         "at_cap": at_cap,
+        "repetition": repetition,
         "invented_facts": invented_facts,
     }
+
+
+def test_the_budget_check_passes_greedy_within_the_cap_share_and_without_loops_and_the_search_stops_at_a_fit():
+    replies = [0.3] * 24
+    assert fits(_scored(1.0, 0, replies, 0.0)) and fits(_scored(1.0, 0, replies, 0.02))
+    assert not fits(_scored(1.0, 0, replies, 1 / 24)) and not fits(_scored(1.0, 0, replies, 0.0, repetition=1 / 24))
+    assert budget_check(_scored(1.0, 0, replies, 0.0), 24).startswith("plain greedy passes the budget check on 24")
+    assert "fails" in budget_check(_scored(1.0, 0, replies, 0.0, repetition=0.125), 24)
+    assert first_fitting([_scored(1.0, 0, replies, 0.0)])[0] == Decoding(64)
+    looping = _scored(1.0, 0, replies, 0.0, repetition=0.1)
+    assert first_fitting([looping, _scored(1.1, 0, replies, 0.1)]) is None
+    choice, reason = first_fitting([looping, _scored(1.1, 0, replies, 0.1), _scored(1.0, 6, replies, 0.0)])
+    assert choice == Decoding(64, 1.0, 6) and "first candidate that fits" in reason
+    inventing = _scored(1.1, 0, replies, 0.0, invented_facts=0.1)
+    assert first_fitting([looping, inventing]) is None  # never one that invents more facts than greedy
 
 
 def test_plain_greedy_stays_unless_a_candidate_beats_it_with_a_paired_interval_above_zero():

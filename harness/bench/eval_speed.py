@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from supportbench.bench.flops import matmul_limit
 from supportbench.bench.latency import prompts_for
-from supportbench.bench.train_throughput import matmul_limit
 from supportbench.device import machine_info
 from supportbench.files import SupportBenchError, write_json
 from supportbench.layout import RunDir

@@ -15,6 +15,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from supportbench.bench.flops import matmul_limit
 from supportbench.config import TrainConfig
 from supportbench.device import machine_info, pick_device
 from supportbench.files import SupportBenchError
@@ -97,21 +98,6 @@ def measure(
         "examples": examples,
         "tokens_per_s": round(tokens / wall, 1),
         "examples_per_s": round(examples / wall, 3),
-    }
-
-
-def matmul_limit(size: int = 2048) -> dict[str, Any]:
-    """This CPU's sustained fp32 matmul rate, measured now with torch's benchmark timer on square size x size matrices."""
-    import torch
-    from torch.utils.benchmark import Timer
-
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    timer = Timer("a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads())
-    seconds = timer.blocked_autorange(min_run_time=3).median
-    return {
-        "flops_per_s": 2 * size**3 / seconds,
-        "gflops": round(2 * size**3 / seconds / 1e9, 1),
-        "shape": [size, size, size],
     }
 
 

@@ -27,6 +27,10 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, defaults_from
         shown = "none" if default is None else ",".join(default) if isinstance(default, (list, tuple)) else default
         hint = hints[f.name]
         choices = set(typing.get_args(hint)) if isinstance(hint, types.UnionType) else {hint}
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        if hint is bool:  # a switch: given means true
+            group.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=meta["help"])
+            continue
         parse = meta.get("parse") or next(t for t in (int, float, str) if t in choices)
         allowed = meta.get("choices")
         if defaults_from:
@@ -36,7 +40,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, defaults_from
         else:
             help_text = f"{meta['help']} (default: {shown})"
         group.add_argument(
-            meta.get("flag", "--" + f.name.replace("_", "-")),
+            flag,
             dest=f.name,
             type=parse,
             default=argparse.SUPPRESS,

@@ -16,16 +16,20 @@ from supportbench.checks.embedding import model_folder
 from supportbench.config import EvalConfig
 from supportbench.decoding import (
     CHOICE_RULE,
+    SEARCH_RULE,
     Decoding,
+    budget_check,
     candidates,
     compare_to_greedy,
+    first_fitting,
+    fits,
     frozen,
     given_settings,
     pick,
     run_budget,
 )
 from supportbench.deploy.export import exported_format
-from supportbench.device import pick_device, process_state
+from supportbench.device import pick_device, process_state, shared
 from supportbench.evaluation.guarded import guarded_record
 from supportbench.evaluation.score_cache import base_score_key, load_scores, store_scores
 from supportbench.facts.profile import profile_for_run
@@ -208,6 +212,32 @@ def score_model(
         "perplexity_items": {s["doc"]["id"]: list(s["perplexity"]) for s in scored},
         "greedy_reference": reference and {"decoding": asdict(plain_greedy(config)), "metrics": reference["metrics"]},
         "lm_eval_config": gen["lm_eval_config"],
+        "flops": stage_accounts(lm, config, generated, scored),
+    }
+
+
+def stage_accounts(
+    lm: Any, config: EvalConfig, generated: list[dict[str, Any]], scored: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The FLOP accounts of one model's generation and perplexity (supportbench.bench.flops); None on a runtime
+    without a transformers model to count the parameters of."""
+    from supportbench.bench import flops
+
+    model = getattr(lm, "_model", None)
+    if model is None or not hasattr(model, "num_parameters"):
+        return None
+    parameters = model.num_parameters()
+    replies = lm.tokenizer([_raw(s) for s in generated], add_special_tokens=False)["input_ids"]
+    # the generated tokens: the reply and the end of its turn, at most the cap
+    reply_tokens = [min(len(ids) + 1, config.max_new_tokens) for ids in replies]
+    prompts = [s["doc"]["prompt_tokens"] for s in generated]
+    # two requests per perplexity doc: the reference reply after the prompt, and the prompt from the start token
+    sequences = [s["doc"]["prompt_tokens"] + s["doc"]["target_tokens"] for s in scored]
+    sequences += [s["doc"]["prompt_tokens"] + 1 for s in scored]
+    return {
+        "parameters": parameters,
+        "generation": flops.generation_account(prompts, reply_tokens, config.gen_batch_size, parameters),
+        "perplexity": flops.scoring_account(sequences, config.ppl_batch_size, parameters),
     }
 
 
@@ -305,30 +335,43 @@ def validation_scores(
 
 
 def choose_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> Decoding:
-    """Generate the validation split's first examples with the fine-tuned model under each candidate decoding, pick
-    one (decoding.pick) and freeze it in the run (decoding.json, main process); every process returns the choice."""
+    """Freeze the run's decoding (decoding.json, main process) and return it in every process. Plain greedy is
+    generated on the validation split's first examples (the budget check); it is kept unless it leaves more than 2%
+    at the cap or loops, when the other candidates are tried in order until one fits. --choose-decoding tries every
+    candidate and picks by decoding.pick."""
     trained = run.trained()
     path = model_path(trained.base_model)
     cap = config.max_new_tokens or run_budget(run)
     validation = {**metadata, **validation_metadata(run)}
     tried = candidates(cap, ngram_controls=config.backend != "vllm")
     lm = load_lm(path, str(run.adapter), with_decoding(config, tried[0]))
-    scored = []
+    scored: list[dict[str, Any]] = []
+    why = ""
     for candidate in tried:
         result = validation_scores(lm, path, validation, with_decoding(config, candidate), config.validation_limit)
         if result is not None:
             scored.append({"decoding": asdict(candidate), **result})
+            why = why or budget_check(scored[0], config.validation_limit)
+        # every process generates the same candidates: the main one decides whether to go on
+        if not config.choose_decoding and shared(bool(scored) and first_fitting(scored) is not None):
+            break
     processes = process_state()
     if processes.is_main_process:
         scored = compare_to_greedy(scored, config.seed)
-        choice, reason = pick(scored)
+        searched = config.choose_decoding or len(scored) > 1 or not fits(scored[0])
+        choice, reason = (None if config.choose_decoding else first_fitting(scored)) or pick(scored)
         write_json(
             run.decoding,
             {
                 "chosen": asdict(choice),
                 "label": choice.label(),
-                "rule": CHOICE_RULE,
-                "reason": reason,
+                "searched": searched,
+                "why": "--choose-decoding: every candidate compared"
+                if config.choose_decoding
+                else why
+                + ("; the other candidates were tried in order until one fitted" if searched else "; no search"),
+                "rule": CHOICE_RULE if config.choose_decoding else SEARCH_RULE,
+                "reason": reason if searched else "plain greedy: it fits, so no other candidate was generated",
                 "budget": trained.reply_tokens and trained.reply_tokens.model_dump(),
                 "validation_examples": config.validation_limit,
                 "runtime": runtime_record(lm, with_decoding(config, tried[0])),
@@ -428,13 +471,13 @@ def check_before_work(run: RunDir, config: EvalConfig) -> dict[str, Any]:
 
 
 def resolve_decoding(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> tuple[EvalConfig, str]:
-    """The config with its decoding filled in: the flags given, else the run's frozen decoding, else one chosen on the
-    validation split now (and frozen); with where it came from."""
+    """The config with its decoding filled in: the flags given, else the run's frozen decoding, else (or with
+    --choose-decoding) one chosen on the validation split now (and frozen); with where it came from."""
     flags = given_settings(asdict(config))
     if len(flags) == len(Decoding.__dataclass_fields__):
         return config, "command line"
     chosen, source = frozen(run), f"frozen in {run.decoding.name}"
-    if chosen is None:
+    if chosen is None or config.choose_decoding:
         chosen, source = (
             choose_decoding(run, config, metadata),
             f"chosen on validation now, frozen in {run.decoding.name}",
@@ -517,6 +560,8 @@ def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
         # which runtime generated and scored, with its exactness check (a cached entry keeps the one that scored it)
         "runtime": {"base": base.get("runtime"), "finetuned": tuned["runtime"]},
         "base_scores": {"from_cache": base_from_cache, "key": key},
+        # the model FLOPs each stage needed against this CPU's matmul rate, measured now (a cached base has none)
+        "flops": flop_shares({"finetuned": tuned, **({} if base_from_cache else {"base": base})}),
         "lm_eval": {"version": importlib.metadata.version("lm_eval"), "config": base["lm_eval_config"]},
     }
     out = run.evaluation(ood=bool(config.twcs))
@@ -547,6 +592,21 @@ def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
         out.forest.unlink(missing_ok=True)  # an earlier eval's plot would not belong to these scores
     # the files commit together, metrics.json last with each one's hash: a failed eval leaves no mixed folder
     return write_together(outputs, out.metrics, summary)
+
+
+def flop_shares(scored: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each model's stage accounts with their wall times and shares of the matmul limit, measured once here."""
+    from supportbench.bench import flops
+
+    rate = flops.matmul_limit()
+    shares: dict[str, Any] = {"matmul": rate}
+    for side, result in scored.items():
+        accounts = result.get("flops")
+        shares[side] = accounts and {
+            stage: flops.with_share(accounts[stage], result["timing_s"][stage], rate["flops_per_s"])
+            for stage in ("generation", "perplexity")
+        }
+    return shares
 
 
 def score_other_base(run: RunDir, config: EvalConfig, metadata: dict[str, Any]) -> dict[str, Any] | None:
@@ -642,7 +702,21 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
     if fills := summary.get("slot_fills", {}).get("finetuned"):
         lines.append("fine-tuned slots filled: " + ", ".join(f"{how} {n}" for how, n in sorted(fills.items())))
     scored = RunDir(Path(summary["run"])).evaluation(ood=summary["dataset"] == "twcs")
-    return lines + evidence_lines(scored.statistics())[:2]
+    return lines + evidence_lines(scored.statistics())[:2] + flop_lines(summary.get("flops"))
+
+
+def flop_lines(shares: dict[str, Any] | None) -> list[str]:
+    """Each scored model's generation and perplexity against the matmul limit, with the rate measured."""
+    from supportbench.bench.flops import line
+
+    if not shares:
+        return []
+    rows = [
+        line(f"{side} {stage}", account)
+        for side in ("base", "finetuned")
+        for stage, account in (shares.get(side) or {}).items()
+    ]
+    return [f"FLOPs against the matmul limit ({shares['matmul']['gflops']} GFLOP/s measured now):", *rows]
 
 
 def _shown(value: float | None) -> str:

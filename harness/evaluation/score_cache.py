@@ -34,7 +34,7 @@ SCORING_CODE = (
 VERSIONED = ("lm_eval", "transformers", "torch", "peft", "scikit-learn", "py3langid")
 RESULT_KEYS = {"metrics", "samples", "n", "perplexity_items"}  # what eval reads from a base model's cached scores
 # what the base model's test scores never depend on (the profile counts by its hash, not its path)
-NOT_BASE_SETTINGS = ("base_model", "twcs", "validation_limit", "profile")
+NOT_BASE_SETTINGS = ("base_model", "twcs", "validation_limit", "choose_decoding", "profile")
 PARALLELISM = ("tensor_parallel_size", "data_parallel_size")  # how the work is spread, never what it scores
 
 

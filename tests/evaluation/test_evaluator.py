@@ -220,6 +220,8 @@ def test_eval_chooses_decoding_on_validation_freezes_it_and_reports_replies_at_t
     config = EvalConfig(limit=4, gen_batch_size=4, ppl_limit=4, max_new_tokens=6, validation_limit=3)
     first = evaluate_run(run.path, config)
     frozen = read_json(run.decoding)
+    # a random tiny model never stops within 6 tokens: greedy fails the budget check, and no candidate fits either
+    assert frozen["searched"] and frozen["why"].startswith("plain greedy fails the budget check on 3 validation")
     assert len(frozen["candidates"]) == len(candidates(6)) and frozen["validation_examples"] == 3
     assert {c["decoding"]["max_new_tokens"] for c in frozen["candidates"]} == {6}
     chosen = Decoding(**frozen["chosen"])
