@@ -22,6 +22,7 @@ DEFAULT_PRESET = "ci"
 PRESET_PACKAGE, PRESET_DIR = "supportbench.trainers", "presets"
 FACT_MODES = ("fill", "slots")
 SPLIT_MODES = ("heldout", "sample", "notebook")  # notebook: the old name of sample, kept for one release
+TRAIN_METHODS = ("sft", "dpo")
 GENERATION_EXAMPLES = 50  # the reference recipe's eval size; eval and rank share it
 OPTIONAL_COLUMNS = ("category", "intent", "flags", "tags")  # labels an example may carry, whatever its format
 MAPPABLE_COLUMNS = (
@@ -112,6 +113,12 @@ class DataConfig:
         "en,es,fr,de,it,pt,nl,pl,sv,da,no,fi,tr,ru,ar,hi,zh,ja,ko,id",
         "languages the language detector may answer, ISO 639-1 codes",
     )
+    mix: list[str] = option(
+        [],
+        "training-only example sources, comma-separated SOURCE[:WEIGHT]: behaviour (the bundled behaviour set) or a "
+        "YAML/CSV/JSONL/Parquet file; WEIGHT repeats each row (0.5: a seeded half, 2: twice; default 1)",
+        parse=comma_list,
+    )
 
     def phone_regions(self) -> list[str]:
         """--phone-region as upper-case region codes."""
@@ -154,6 +161,10 @@ class DataConfig:
             "data config",
         )
         self.column_mapping()
+        from supportbench.prepare.mix import parse_entry
+
+        for entry in self.mix:
+            parse_entry(entry)
 
 
 @dataclass
@@ -175,7 +186,15 @@ class TrainConfig:
     gradient_accumulation: int = option(4, "micro-batches per optimizer step")
     max_length: int | None = option(None, "token cap per example (none: from the length distribution)")
     max_length_percentile: float = option(99.0, "percentile of training lengths that sets max_length")
-    max_train_examples: int | None = option(None, "train on a seeded sample of this many rows (none: all)")
+    max_train_examples: int | None = option(
+        None, "train on a seeded sample of this many rows of the train split (none: all), and on every mix row"
+    )
+    mix: list[str] = option(
+        [],
+        "behaviour examples trained on beside the split, SOURCE[:WEIGHT] as in `prepare --mix` (behaviour: the "
+        "bundled set)",
+        parse=comma_list,
+    )
     max_eval_examples: int | None = option(100, "validation rows scored for eval loss (none: all)")
     warmup_ratio: float = option(0.05, "share of steps spent warming up")
     weight_decay: float = option(0.0, "AdamW weight decay")
@@ -183,6 +202,23 @@ class TrainConfig:
     logging_steps: int = option(5, "log the loss every N steps")
     eval_steps: int | None = option(None, "validation loss every N steps (none: at each epoch end)")
     save_steps: int = option(25, "checkpoint every N steps")
+    method: str = option(
+        "sft",
+        "sft: supervised fine-tuning of a new adapter; dpo: preference training (TRL DPOTrainer) of the adapter of "
+        "--from on --pairs",
+        choices=TRAIN_METHODS,
+    )
+    from_run: str | None = option(None, "dpo: the finished run whose adapter is trained further", flag="--from")
+    pairs: list[str] = option(
+        [],
+        "dpo: preference pair sources, comma-separated: guarded (the --from model's replies that the reply policy "
+        "overrode, as rejected, against the guarded reply, as chosen), ratings (the Rate tab's votes in the --from "
+        "run's ratings.sqlite, people only) or ratings=FILE",
+        parse=comma_list,
+    )
+    judge: str | None = option(None, "dpo: also use the votes of this judge model (rater judge:NAME) in ratings")
+    max_pairs: int | None = option(None, "dpo: use a seeded sample of at most this many pairs (none: all)")
+    beta: float = option(0.1, "dpo: how far the adapter may move from the reference (DPO's beta)")
 
     @property
     def effective_batch(self) -> int:
@@ -212,9 +248,22 @@ class TrainConfig:
                 "max_eval_examples": self.max_eval_examples is None or self.max_eval_examples >= 0,
                 "lora_targets": self.lora_targets == "all-linear"
                 or (isinstance(self.lora_targets, list) and self.lora_targets),
+                "method": self.method in TRAIN_METHODS,
+                "beta": self.beta > 0,
+                "max_pairs": self.max_pairs is None or self.max_pairs > 0,
             },
             "training config",
         )
+        dpo_only = {"from_run": self.from_run, "pairs": self.pairs, "judge": self.judge, "max_pairs": self.max_pairs}
+        if self.method == "dpo" and not (self.from_run and self.pairs):
+            raise SupportBenchError(
+                "--method dpo trains a finished run's adapter on preference pairs: give --from RUN and --pairs SOURCE "
+                "(guarded, ratings or ratings=FILE)"
+            )
+        if self.method == "sft" and (given := [k for k, v in dpo_only.items() if v]):
+            raise SupportBenchError(f"{', '.join(given)} apply to --method dpo only; this run's method is sft")
+        if self.method == "dpo" and self.mix:
+            raise SupportBenchError("--mix adds SFT examples; with --method dpo, train the --from run with it instead")
 
 
 @dataclass

@@ -231,9 +231,12 @@ class SplitDir:
     data_card = property(lambda self: self.path / "data_card.md", doc="The data card, rendered from the manifest.")
     data_card_png = property(lambda self: self.path / "data_card.png", doc="The data card's length histograms.")
 
+    mix_path = property(lambda self: self.path / "mix.jsonl", doc="The --mix rows, trained on beside the train split.")
+
     def outputs(self) -> list[Path]:
         """Every file prepare writes here (and the only ones it may replace)."""
-        return [*(self.split_path(name) for name in SPLITS), self.data_card, self.data_card_png, self.manifest_path]
+        splits = (self.split_path(name) for name in SPLITS)
+        return [*splits, self.mix_path, self.data_card, self.data_card_png, self.manifest_path]
 
     @property
     def is_prepared(self) -> bool:
@@ -261,15 +264,22 @@ class SplitDir:
 
     def rows(self, name: str) -> list[dict[str, Any]]:
         """Read one prepared split, refusing bytes other than the ones its manifest records (hashed as read)."""
-        path = self.split_path(name)
+        return self._checked_rows(self.split_path(name), self.split_sha256(name), f"{name} split")
+
+    def mix_rows(self) -> list[dict[str, Any]]:
+        """The --mix rows to train on beside the train split (weights applied); none when prepared without a mix."""
+        mix = self.manifest().get("mix")
+        return self._checked_rows(self.mix_path, mix["sha256"], "mix") if mix else []
+
+    def _checked_rows(self, path: Path, sha256: str, name: str) -> list[dict[str, Any]]:
         if not path.is_file():
             raise SupportBenchError(
-                f"no prepared {name} split at {path}; run `supportbench prepare --out {self.path}` first"
+                f"no prepared {name} at {path}; run `supportbench prepare --out {self.path}` first"
             )
         data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != self.split_sha256(name):
+        if hashlib.sha256(data).hexdigest() != sha256:
             raise SupportBenchError(
-                f"{path} is not the {name} split its manifest describes (sha256 differs: edited, truncated, or written "
+                f"{path} is not the {name} its manifest describes (sha256 differs: edited, truncated, or written "
                 f"by a prepare that did not finish); run `supportbench prepare --out {self.path}` again"
             )
         return parse_jsonl(data, path)

@@ -25,6 +25,8 @@ from supportbench.metrics import METRICS
 from supportbench.stats import interval_text
 
 SAMPLES_SHOWN = 8
+PAIRED_METRICS = ("rougeL", "semantic_similarity", "intent_fidelity")  # compared example by example across runs
+COMPARISON_SEED = 1234
 KINDS = ("html", "md")
 
 
@@ -212,6 +214,11 @@ def comparison_rows(runs: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
         ("final train loss", train("final_train_loss")),
         ("best validation loss", train("best_eval_loss")),
     ]
+    rows += [
+        ("method", [r["train"].get("method", "sft") for r in runs]),
+        ("of which behaviour-mix examples", [fmt(r["train"].get("mix_examples", 0)) for r in runs]),
+        ("preference pairs", [fmt((r["train"].get("pairs") or {}).get("used")) for r in runs]),
+    ]
     for key, metric in METRICS.items():
         rows.append(
             (
@@ -219,7 +226,34 @@ def comparison_rows(runs: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
                 [fmt(r["eval"]["metrics"]["finetuned"].get(key)) if r["eval"] else "—" for r in runs],
             )
         )
+    first = runs[0]["name"]
+    for key in PAIRED_METRICS:
+        rows.append((f"{METRICS[key].label}, paired against {first}", paired_column(runs, key)))
+    groups = sorted({g for r in runs if r["behavior"] for g in r["behavior"]["pass_rate"]["finetuned"]})
+    for group in groups:
+        rates = [((r["behavior"] or {}).get("pass_rate", {}).get("finetuned") or {}).get(group) for r in runs]
+        rows.append((f"behaviour, raw model: {group}", [interval_text(rate, 2) if rate else "—" for rate in rates]))
     return rows
+
+
+def paired_column(runs: list[dict[str, Any]], metric: str) -> list[str]:
+    """Each run's fine-tuned score minus the first run's on the same test examples, with its 95% paired interval."""
+    from supportbench.stats import paired_difference, signed_interval
+
+    def scores(run: dict[str, Any]) -> dict[str, float] | None:
+        return RunDir(Path(run["path"])).eval.finetuned_scores(metric) if run["eval"] else None
+
+    first = scores(runs[0])
+    column = ["(the reference)"]
+    for run in runs[1:]:
+        theirs = scores(run)
+        shared = sorted(set(first or {}) & set(theirs or {}))
+        if not shared:
+            column.append("—")
+            continue
+        d = paired_difference([first[i] for i in shared], [theirs[i] for i in shared], COMPARISON_SEED)
+        column.append(f"{signed_interval(d)} on {len(shared)}")
+    return column
 
 
 def write_table(

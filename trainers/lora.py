@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from supportbench.bench.flops import line, matmul_limit, training_account
 from supportbench.config import DataConfig, TrainConfig, resolve_source
 from supportbench.decoding import reply_budget
 from supportbench.device import DeviceChoice, machine_info, peak_memory, pick_device, process_state
@@ -44,11 +45,16 @@ class SpeedKnobs:
     completion_logits_only: bool = True  # the LM head runs from the first trained position only (see train_throughput)
 
 
-def ensure_data(run: RunDir, data: str | None) -> SplitDir:
-    """The run's prepared split, preparing it first when the run has none."""
+def ensure_data(run: RunDir, data: str | None, mix: list[str] | None = None) -> SplitDir:
+    """The run's prepared split (with the config's mix), preparing it first when the run has none."""
     if not run.data.is_prepared:
-        manifest = prepare(DataConfig(source=resolve_source(data)), run.data.path)
+        manifest = prepare(DataConfig(source=resolve_source(data), mix=list(mix or [])), run.data.path)
         print(f"prepared {manifest['counts']['kept']} rows into {run.data.path}")
+    prepared_mix = run.data.manifest()["config"].get("mix") or []
+    if mix is not None and prepared_mix != list(mix):
+        raise SupportBenchError(
+            f"{run.data.path} was prepared with mix {prepared_mix}, not the config's {list(mix)}; choose another --out"
+        )
     return run.data
 
 
@@ -166,6 +172,33 @@ def split_accumulation(config: TrainConfig, processes: int) -> tuple[int, str | 
     )
 
 
+def trainer_arguments(config: TrainConfig, device: DeviceChoice, out_dir: Path) -> dict[str, Any]:
+    """The TrainingArguments that SFT and DPO share: schedule, precision, checkpoints, logging and seeds."""
+    return {
+        "output_dir": str(out_dir),
+        "learning_rate": config.learning_rate,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": config.warmup_ratio,  # a float below 1 is a share of all steps
+        "weight_decay": config.weight_decay,
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps,
+        "per_device_train_batch_size": config.batch_size,
+        "bf16": device.bf16,
+        "fp16": device.fp16,
+        "use_cpu": device.device == "cpu",
+        "save_strategy": "steps",
+        "save_steps": config.save_steps,
+        "save_total_limit": 2,
+        "logging_steps": config.logging_steps,
+        "include_num_input_tokens_seen": "non_padding",
+        "report_to": "none",
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+
+
 def make_trainer(
     config: TrainConfig,
     model: Any,
@@ -191,20 +224,10 @@ def make_trainer(
         return Dataset.from_list(examples)
 
     args = SFTConfig(
-        output_dir=str(out_dir),
-        learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=config.warmup_ratio,  # a float below 1 is a share of all steps
-        weight_decay=config.weight_decay,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
+        **trainer_arguments(config, device, out_dir),
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=split_accumulation(config, world_size())[0],
         gradient_checkpointing=knobs.gradient_checkpointing,
-        bf16=device.bf16,
-        fp16=device.fp16,
-        use_cpu=device.device == "cpu",
         train_sampling_strategy="group_by_length" if knobs.group_by_length else "random",
         max_length=knobs.max_length,
         completion_only_loss=knobs.completion_only,
@@ -212,16 +235,6 @@ def make_trainer(
         padding_free=False,
         eval_strategy="steps" if config.eval_steps else ("epoch" if eval_rows else "no"),
         eval_steps=config.eval_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        logging_steps=config.logging_steps,
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
     peft_config = LoraConfig(
         r=config.lora_r,
@@ -289,7 +302,9 @@ def last_complete_checkpoint(folder: Path) -> str | None:
 
 
 def _config_diff(config: TrainConfig, stored: dict[str, Any]) -> list[str]:
-    return sorted(k for k, v in dataclasses.asdict(config).items() if stored.get(k) != v)
+    """The settings that differ from a stored run's; one the run predates counts as its default."""
+    defaults = dataclasses.asdict(TrainConfig())
+    return sorted(k for k, v in dataclasses.asdict(config).items() if stored.get(k, defaults[k]) != v)
 
 
 class LoRARecipe:
@@ -332,13 +347,14 @@ class LoRARecipe:
         ensure_writable_dir(self.run.path)  # the first write: creates the run folder
         self.processes = process_state()
         with self.processes.main_process_first():  # one process prepares the split; the others then read it
-            split = ensure_data(self.run, self.data)
+            split = ensure_data(self.run, self.data, config.mix)
         if self.last_checkpoint is None and self.processes.is_main_process:
             write_json(self.run.config_path, dataclasses.asdict(config))
         self.accumulation, self.batch_note = split_accumulation(config, self.processes.num_processes)
         if self.batch_note and self.processes.is_main_process:
             print(f"warning: {self.batch_note} (recorded in train.json)", flush=True)
-        self.train_rows = _subset(split.rows("train"), config.max_train_examples, config.seed)
+        self.mix_rows = split.mix_rows()
+        self.train_rows = _subset(split.rows("train"), config.max_train_examples, config.seed) + self.mix_rows
         self.eval_rows = _subset(split.rows("validation"), config.max_eval_examples, config.seed)
         model, self.tokenizer = load_model(config.model, self.device)
         examples = build_examples(self.train_rows, self.template, self.tokenizer)
@@ -373,6 +389,10 @@ class LoRARecipe:
         if self.eval_rows and (not evals or evals[-1]["step"] != self.trainer.state.global_step):
             self.trainer.evaluate()
 
+    def extra_record(self) -> dict[str, Any]:
+        """What this method adds to train.json (SFT: its method)."""
+        return {"method": "sft"}
+
     def save(self) -> dict[str, Any]:
         """Write the adapter, loss history and curve, then train.json last, from the main process only; return the
         manifest (every process)."""
@@ -390,10 +410,12 @@ class LoRARecipe:
         evals = [h for h in history if "eval_loss" in h]
         eval_time = sum(h.get("eval_runtime", 0.0) for h in evals)
         trainable, total = self.trainer.model.get_nb_trainable_parameters()
+        rate = matmul_limit()
         train_losses = [h["loss"] for h in history if "loss" in h] or [
             h["train_loss"] for h in history if "train_loss" in h
         ]
         tokens = int(state.num_input_tokens_seen)
+        trained_tokens, train_s = tokens - self.progress.start_tokens, self.wall_s - eval_time
         manifest = {
             "config": dataclasses.asdict(self.config),
             "template": self.template,
@@ -401,6 +423,8 @@ class LoRARecipe:
             "resumed_from": self.last_checkpoint,
             "data": {"dir": run.data.path.name, **{name: run.data.split_sha256(name) for name in SPLITS}},
             "train_examples": len(self.train_rows),
+            # of which from the behaviour mix (data/manifest.json names each source, its hash and counts)
+            "mix_examples": len(self.mix_rows),
             # the languages of the training queries (the data card's): the reply policy hands the others off
             "languages": run.data.trained_languages(),
             "eval_examples": len(self.eval_rows),
@@ -427,11 +451,17 @@ class LoRARecipe:
             "tokens_seen": tokens,
             "eval_time_s": round(eval_time, 1),
             # this session's
-            "tokens_per_s": round((tokens - self.progress.start_tokens) / (self.wall_s - eval_time), 1),
+            "tokens_per_s": round(trained_tokens / train_s, 1),
+            # the model FLOPs those tokens needed against this CPU's matmul rate, measured now
+            "flops": {
+                **training_account(trained_tokens, round(train_s, 1), int(total), rate["flops_per_s"]),
+                "matmul": rate,
+            },
             "memory": peak_memory(),
             "final_train_loss": train_losses[-1] if train_losses else None,
             "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
             "best_eval_loss": min((h["eval_loss"] for h in evals), default=None),
+            **self.extra_record(),
         }
         if self.processes.is_main_process:
             write_json(run.manifest_path, manifest)
@@ -441,7 +471,9 @@ class LoRARecipe:
 def train(
     config: TrainConfig, run_dir: Path, resume: bool = False, data: str | None = None, reuse: bool = False
 ) -> dict[str, Any]:
-    """Run LoRA SFT into run_dir and return the run manifest; with reuse, return a finished identical run as is."""
+    """Run LoRA SFT (or DPO, by config.method) into run_dir and return the run manifest; with reuse, return a
+    finished identical run as is."""
+    config.validate()
     run = RunDir(run_dir)
     if reuse and run.is_finished:
         record = run.trained()
@@ -451,10 +483,19 @@ def train(
         print(f"reusing the finished run in {run.path}")
         return record.model_dump()
     with folder_lock(run.path, "train"):
-        recipe = LoRARecipe(config, run, resume=resume, data=data)
+        if config.method == "dpo":
+            from supportbench.trainers.dpo import DPORecipe
+
+            recipe: LoRARecipe = DPORecipe(config, run, resume=resume, data=data)
+        else:
+            recipe = LoRARecipe(config, run, resume=resume, data=data)
         recipe.setup()
         recipe.fit()
         return recipe.save()
+
+
+def _loss(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4f}"
 
 
 def summary_lines(manifest: dict[str, Any], run_dir: Path) -> list[str]:
@@ -470,7 +511,15 @@ def summary_lines(manifest: dict[str, Any], run_dir: Path) -> list[str]:
         f"max_length {manifest['token_lengths']['max_length']} ({manifest['token_lengths']['truncated_examples']} truncated)",
         f"steps        {manifest['steps']} in {manifest['wall_time_s']}s ({manifest['eval_time_s']}s eval), "
         f"{manifest['tokens_seen']:,} tokens, {manifest['tokens_per_s']} train tok/s",
-        f"loss         final train {manifest['final_train_loss']}, final eval {manifest['final_eval_loss']}",
+        f"loss         final train {_loss(manifest['final_train_loss'])}, final eval {_loss(manifest['final_eval_loss'])}",
         f"memory       peak RSS {manifest['memory']['peak_rss_mib']} MiB",
+        f"flops        {line('training', manifest['flops'])} ({manifest['flops']['matmul']['gflops']} GFLOP/s)",
         f"adapter      {RunDir(run_dir).adapter}",
-    ]
+    ] + (
+        [
+            f"pairs        {manifest['pairs']['used']} from {manifest['from_run']['path']}: {manifest['pairs']['by_source']}"
+        ]
+        if manifest.get("method") == "dpo"
+        else [f"mix          {manifest['mix_examples']} of the examples from --mix"]
+        * bool(manifest.get("mix_examples"))
+    )

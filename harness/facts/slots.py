@@ -254,6 +254,23 @@ def fill_reply(text: str, customer_texts: Sequence[str], profile: Mapping[str, s
     return Filled(filled, counts)
 
 
+SLOTTED_VALUE_CHARS = 5  # a shorter profile value ("14", "$") is too common to read back as its slot
+
+
+def as_slots(text: str, profile: Mapping[str, str]) -> str:
+    """A reply as shown to a customer with each company value of the profile back as its {{Slot}} (the longest first),
+    the form replies are trained in; values under SLOTTED_VALUE_CHARS characters are left as written."""
+    for name, value in sorted(profile.items(), key=lambda item: -len(item[1])):
+        if len(value.strip()) >= SLOTTED_VALUE_CHARS:
+            text = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", "{{" + name + "}}", text)
+    return text
+
+
+def slot_profile(profile: Mapping[str, str]) -> dict[str, str]:
+    """A profile whose every value is its own {{Slot}}: filling with it leaves company slots as they are."""
+    return {name: "{{" + name + "}}" for name in profile}
+
+
 MIN_PHRASE_WORDS = 3  # a neutral phrase this long ("your order number") reads as the fact; "the date" does not
 
 

@@ -35,7 +35,7 @@ from supportbench.files import (
 )
 from supportbench.layout import SPLITS, RunDir, SplitDir
 from supportbench.metrics import PLACEHOLDER
-from supportbench.prepare import card
+from supportbench.prepare import card, mix
 from supportbench.prepare.conversations import from_messages, from_threads, input_format
 from supportbench.prepare.pii import Scrubber, load_rules
 
@@ -503,6 +503,7 @@ def _prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str
     overlap = overlap_report(splits)
     if any(overlap.values()):
         raise SupportBenchError(f"internal error: split overlap {overlap}")
+    mixed, mix_sources = _mix_rows(config, splits, filler, scrub)
     manifest = {
         "config": asdict(config),
         "source": source_info,
@@ -527,6 +528,8 @@ def _prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str
         # replies naming an order id the customer did not give: repaired to the customer's, or the row skipped
         "order_ids": {key: codes[key] for key in ("replies_repaired", "codes_repaired", "skipped")},
         "overlap": {"normalized_instruction_pairs": overlap, "shared_total": sum(overlap.values())},
+        # training-only rows from --mix, kept in their own file: the splits above are the same with or without them
+        "mix": {"sources": mix_sources, "rows": len(mixed), "file": out.mix_path.name} if mixed else None,
         "splits": {
             name: {
                 "rows": len(rows_),
@@ -540,18 +543,54 @@ def _prepare(config: DataConfig, out_dir: Path, force: bool = False) -> dict[str
     }
     if manifest["counts"]["rows_in"] != manifest["counts"]["kept"] + manifest["counts"]["skipped"]:
         raise SupportBenchError("internal error: rows in != kept + skipped")
-    return _write_split(out, splits, manifest, force)
+    return _write_split(out, splits, mixed, manifest, force)
+
+
+def _mix_rows(
+    config: DataConfig,
+    splits: dict[str, list[dict[str, Any]]],
+    filler: PlaceholderFiller | SlotWriter,
+    scrub: Scrubber | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The --mix rows, cleaned like the split's; one that repeats a validation or test query, or a query of the
+    default behaviour suite, is skipped (the split's normalized-instruction overlap check)."""
+    if not config.mix:
+        return [], []
+    from supportbench.checks.behavior import load_suite
+    from supportbench.evaluation.behavior import default_suite
+
+    suite = load_suite(default_suite())
+    held_out = {
+        name: {normalize_instruction(r["instruction"]) for r in splits[name]} for name in ("validation", "test")
+    }
+    held_out["behaviour suite"] = {normalize_instruction(c.query) for c in suite} | {
+        normalize_instruction(m.content) for c in suite for m in c.history if m.role in ("customer", "user")
+    }
+
+    def clean(numbered: list[tuple[int, dict[str, Any]]], report: LoadReport) -> list[dict[str, Any]]:
+        rows = clean_rows(numbered, report, filler, Counter(), scrub, Counter())
+        detect_languages(rows, config.languages)
+        return rows
+
+    return mix.build(config.mix, clean, held_out, config.seed)
 
 
 def _write_split(
-    out: SplitDir, splits: dict[str, list[dict[str, Any]]], manifest: dict[str, Any], force: bool
+    out: SplitDir,
+    splits: dict[str, list[dict[str, Any]]],
+    mixed: list[dict[str, Any]],
+    manifest: dict[str, Any],
+    force: bool,
 ) -> dict[str, Any]:
-    """Write the splits, data card and manifest into out, refusing (without --force) to replace a different split or
-    to write beside other files; the files commit together, the manifest last."""
+    """Write the splits, the mix, data card and manifest into out, refusing (without --force) to replace a different
+    split or to write beside other files; the files commit together, the manifest last."""
     ensure_writable_dir(out.path)  # the first write, after every check of the input
     contents = {name: jsonl_bytes(rows_) for name, rows_ in splits.items()}
     for name, data in contents.items():
         manifest["splits"][name]["sha256"] = hashlib.sha256(data).hexdigest()
+    if mixed:
+        mix_bytes = jsonl_bytes(mixed)
+        manifest["mix"]["sha256"] = hashlib.sha256(mix_bytes).hexdigest()
     ours = set(out.outputs())
     others = (
         sorted(p.name for p in out.path.iterdir() if p not in ours and p.name != LOCK_NAME)
@@ -559,7 +598,9 @@ def _write_split(
         else []
     )
     if not force:
-        if out.is_prepared and out.manifest().get("splits") != manifest["splits"]:
+        if out.is_prepared and [out.manifest().get(k) for k in ("splits", "mix")] != [
+            manifest[k] for k in ("splits", "mix")
+        ]:
             raise SupportBenchError(
                 f"{out.path} already holds different data; pass --force to replace it or choose another --out"
             )
@@ -568,6 +609,8 @@ def _write_split(
                 f"{out.path} holds other files ({', '.join(others[:5])}); pass --force or choose another --out"
             )
     outputs = {out.split_path(name): data for name, data in contents.items()}
+    if mixed:
+        outputs[out.mix_path] = mix_bytes
     outputs[out.data_card_png] = card.lengths_png(manifest)
     outputs[out.data_card] = card.markdown(manifest, out.data_card_png.name).encode("utf-8")
     return write_together(outputs, out.manifest_path, manifest)  # the manifest last, naming each file's hash
@@ -596,6 +639,9 @@ def summary_lines(manifest: dict[str, Any], out_dir: Path) -> list[str]:
     lines.append(
         f"order ids    {ids['replies_repaired']} replies repaired to the customer's id, {ids['skipped']} rows skipped"
     )
+    if manifest.get("mix"):
+        shown = ", ".join(f"{s['source']} x{s['weight']:g}: {s['trained_rows']}" for s in manifest["mix"]["sources"])
+        lines.append(f"mix          {manifest['mix']['rows']} training-only rows ({shown})")
     lines.append(f"placeholders {facts_line(ph)}")
     lines.append(f"written to   {out_dir}")
     return lines

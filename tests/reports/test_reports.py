@@ -79,6 +79,14 @@ def test_comparison_table(full_run, tiny_run, tmp_path):
     assert rows["LoRA r"][0] == str(trained["config"]["lora_r"])
     assert rows["trainable parameters"][0] == fmt(trained["parameters"]["trainable"])
     assert rows["ROUGE-L, fine-tuned"][1] == "—"  # the plain tiny run has no eval
+    assert rows["method"] == ["sft", "sft"] and rows["of which behaviour-mix examples"] == ["0", "0"]
+    twin = tmp_path / "twin"  # the same eval, so every paired difference is zero
+    shutil.copytree(full_run, twin)
+    markdown = write_comparison([full_run, twin, plain], tmp_path)[1].read_text()
+    rows = _table("## T\n" + markdown.split("\n", 1)[1], "T")
+    n = len((full_run / "eval" / "samples.jsonl").read_text().splitlines())
+    paired = rows[f"ROUGE-L, paired against {full_run.name}"]
+    assert paired == ["(the reference)", f"+0.0000 [+0.0000, +0.0000] on {n}", "—"]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
