@@ -26,7 +26,6 @@ from supportbench.stats import interval_text
 
 SAMPLES_SHOWN = 8
 PAIRED_METRICS = ("rougeL", "semantic_similarity", "intent_fidelity")  # compared example by example across runs
-COMPARISON_SEED = 1234
 KINDS = ("html", "md")
 
 
@@ -231,27 +230,31 @@ def comparison_rows(runs: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
         rows.append((f"{METRICS[key].label}, paired against {first}", paired_column(runs, key)))
     groups = sorted({g for r in runs if r["behavior"] for g in r["behavior"]["pass_rate"]["finetuned"]})
     for group in groups:
-        rates = [((r["behavior"] or {}).get("pass_rate", {}).get("finetuned") or {}).get(group) for r in runs]
+        rates = [r["behavior"]["pass_rate"]["finetuned"].get(group) if r["behavior"] else None for r in runs]
         rows.append((f"behaviour, raw model: {group}", [interval_text(rate, 2) if rate else "—" for rate in rates]))
     return rows
 
 
 def paired_column(runs: list[dict[str, Any]], metric: str) -> list[str]:
-    """Each run's fine-tuned score minus the first run's on the same test examples, with its 95% paired interval."""
+    """Each run's fine-tuned score minus the first run's on the same test examples, with its 95% paired interval
+    (bootstrapped with the first run's statistics seed, as the gate's baseline comparison is with the run's)."""
     from supportbench.stats import paired_difference, signed_interval
 
     def scores(run: dict[str, Any]) -> dict[str, float] | None:
         return RunDir(Path(run["path"])).eval.finetuned_scores(metric) if run["eval"] else None
 
-    first = scores(runs[0])
     column = ["(the reference)"]
+    first = scores(runs[0])
+    if first is None:
+        return column + ["—"] * (len(runs) - 1)
+    seed = RunDir(Path(runs[0]["path"])).eval.statistics().seed
     for run in runs[1:]:
         theirs = scores(run)
-        shared = sorted(set(first or {}) & set(theirs or {}))
+        shared = sorted(set(first) & set(theirs or {}))
         if not shared:
             column.append("—")
             continue
-        d = paired_difference([first[i] for i in shared], [theirs[i] for i in shared], COMPARISON_SEED)
+        d = paired_difference([first[i] for i in shared], [theirs[i] for i in shared], seed)
         column.append(f"{signed_interval(d)} on {len(shared)}")
     return column
 

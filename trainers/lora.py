@@ -499,9 +499,9 @@ def _loss(value: float | None) -> str:
 
 
 def summary_lines(manifest: dict[str, Any], run_dir: Path) -> list[str]:
-    """A one-screen summary of a finished training run."""
+    """A one-screen summary of a finished training run (one trained before a record existed shows without it)."""
     p, c = manifest["parameters"], manifest["config"]
-    return [
+    lines = [
         f"run          {run_dir}",
         f"model        {c['model']} ({manifest['template']} template) "
         f"on {manifest['machine']['device']} {manifest['machine']['dtype']}",
@@ -513,13 +513,13 @@ def summary_lines(manifest: dict[str, Any], run_dir: Path) -> list[str]:
         f"{manifest['tokens_seen']:,} tokens, {manifest['tokens_per_s']} train tok/s",
         f"loss         final train {_loss(manifest['final_train_loss'])}, final eval {_loss(manifest['final_eval_loss'])}",
         f"memory       peak RSS {manifest['memory']['peak_rss_mib']} MiB",
-        f"flops        {line('training', manifest['flops'])} ({manifest['flops']['matmul']['gflops']} GFLOP/s)",
-        f"adapter      {RunDir(run_dir).adapter}",
-    ] + (
-        [
-            f"pairs        {manifest['pairs']['used']} from {manifest['from_run']['path']}: {manifest['pairs']['by_source']}"
-        ]
-        if manifest.get("method") == "dpo"
-        else [f"mix          {manifest['mix_examples']} of the examples from --mix"]
-        * bool(manifest.get("mix_examples"))
-    )
+    ]
+    if flops := manifest.get("flops"):
+        lines.append(f"flops        {line('training', flops)} ({flops['matmul']['gflops']} GFLOP/s)")
+    lines.append(f"adapter      {RunDir(run_dir).adapter}")
+    if manifest.get("method") == "dpo":
+        pairs = manifest["pairs"]
+        lines.append(f"pairs        {pairs['used']} from {manifest['from_run']['path']}: {pairs['by_source']}")
+    elif manifest.get("mix_examples"):
+        lines.append(f"mix          {manifest['mix_examples']} of the examples from --mix")
+    return lines

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from supportbench.files import SupportBenchError, read_bundled_yaml, read_user_yaml
+from supportbench.files import SupportBenchError, read_user_yaml, read_yaml
 from supportbench.prepare import card
 
 BUNDLED = {"behaviour": "behaviour_mix.yaml"}  # mix names that need no file: supportbench/prepare/<file>
@@ -58,7 +58,7 @@ def load_source(source: str) -> tuple[list[tuple[int, dict[str, Any]]], bytes, A
 
     if source in BUNDLED:
         data = resources.files("supportbench.prepare").joinpath(BUNDLED[source]).read_bytes()
-        rows = _group_rows(read_bundled_yaml("supportbench.prepare", BUNDLED[source]), source)
+        rows = _group_rows(read_yaml(data.decode("utf-8"), f"the bundled {BUNDLED[source]}"), source)
         return rows, data, LoadReport(rows_in=len(rows))
     path = Path(source)
     if not path.is_file():

@@ -251,3 +251,17 @@ def test_the_adapter_config_lists_its_target_modules_in_a_fixed_order(tiny_model
     train(tiny_config(tiny_model_dir, lora_targets="all-linear", max_steps=1, save_steps=1), tmp_path / "run")
     targets = read_json(tmp_path / "run" / "adapter" / "adapter_config.json")["target_modules"]
     assert len(targets) >= 5 and targets == sorted(targets)  # PEFT's set order would change with the hash seed
+
+
+def test_the_summary_shows_the_flop_account_and_still_reads_a_run_trained_before_it(tiny_run):
+    from supportbench.trainers.lora import summary_lines
+
+    manifest = read_json(tiny_run / "train.json")
+    lines = summary_lines(manifest, tiny_run)
+    flop_line = next(x for x in lines if x.startswith("flops"))
+    assert f"({manifest['flops']['matmul']['gflops']} GFLOP/s)" in flop_line
+    older = {k: v for k, v in manifest.items() if k not in ("flops", "method", "mix_examples")}
+    assert [x for x in summary_lines(older, tiny_run) if not x.startswith("flops")] == [
+        x for x in lines if not x.startswith("flops")
+    ]
+    assert not any(x.startswith("flops") for x in summary_lines(older, tiny_run))
