@@ -17,7 +17,7 @@ from supportbench.files import SupportBenchError, read_user_yaml, read_yaml
 from supportbench.prepare import card
 
 BUNDLED = {"behaviour": "behaviour_mix.yaml"}  # mix names that need no file: supportbench/prepare/<file>
-GROUP_KEYS = {"intent", "category", "replies", "queries"}
+GROUP_KEYS = {"intent", "category", "replies", "queries", "weight"}
 
 
 def parse_entry(entry: str) -> tuple[str, float]:
@@ -34,7 +34,8 @@ def parse_entry(entry: str) -> tuple[str, float]:
 
 
 def _group_rows(groups: Any, where: str) -> list[tuple[int, dict[str, Any]]]:
-    """Rows from the group format: per group, query k gets reply k modulo the group's replies."""
+    """Rows from the group format: per group, query k gets reply k modulo the group's replies, and each row carries
+    the group's `weight` (1 when not given), which multiplies the source's."""
     if not isinstance(groups, dict) or not groups:
         raise SupportBenchError(f"{where}: a mix YAML maps group names to {{queries, replies, intent, category}}")
     rows: list[tuple[int, dict[str, Any]]] = []
@@ -44,9 +45,12 @@ def _group_rows(groups: Any, where: str) -> list[tuple[int, dict[str, Any]]]:
             raise SupportBenchError(
                 f"{where}: group {name!r} needs a list of queries and of replies (unknown keys: {sorted(unknown)})"
             )
+        weight = group.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
+            raise SupportBenchError(f"{where}: group {name!r} has weight {weight!r}; give a number above 0")
         replies = group["replies"]
         for k, query in enumerate(group["queries"]):
-            row = {"instruction": query, "response": replies[k % len(replies)]}
+            row = {"instruction": query, "response": replies[k % len(replies)], "_weight": float(weight)}
             row |= {"intent": group.get("intent") or name, "category": group.get("category") or "", "_id": None}
             rows.append((len(rows) + 1, row))
     return rows
@@ -95,6 +99,7 @@ def build(
     for entry in entries:
         source, weight = parse_entry(entry)
         numbered, data, report = load_source(source)
+        group_weight = {number: row.get("_weight", 1.0) for number, row in numbered}
         kept = []
         for row in clean(numbered, report):
             key = normalize_instruction(row["instruction"])
@@ -107,7 +112,10 @@ def build(
             reasons = Counter(card.reason_counts(report.skipped)).most_common(3)
             shown = "; ".join(f"{n} x {r}" for r, n in reasons) or "it holds no rows"
             raise SupportBenchError(f"--mix {source}: no usable rows ({shown})")
-        added = _weighted(kept, weight, seed)
+        by_weight: dict[float, list[dict[str, Any]]] = {}
+        for row in kept:
+            by_weight.setdefault(weight * group_weight[row["source_row"]], []).append(row)
+        added = [row for w, rows in sorted(by_weight.items()) for row in _weighted(rows, w, seed)]
         mixed += added
         records.append(
             {

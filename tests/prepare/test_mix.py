@@ -31,6 +31,14 @@ def _bundled_rows() -> list[tuple[str, str, str]]:
     ]
 
 
+def _trained_rows(source_weight: float) -> int:
+    """How many rows the bundled set trains on at a source weight: groups of one total weight are sampled together."""
+    sizes = Counter()
+    for group in GROUPS.values():
+        sizes[source_weight * group.get("weight", 1)] += len(group["queries"])
+    return sum(n * int(w) + round((w - int(w)) * n) for w, n in sizes.items())
+
+
 def test_the_bundled_set_is_large_varied_and_shares_no_query_with_the_suite_or_the_scope_set():
     rows = _bundled_rows()
     assert len(rows) >= 400
@@ -73,14 +81,25 @@ def test_prepare_mix_keeps_the_splits_and_writes_weighted_training_only_rows(tmp
         assert mixed["splits"][name]["sha256"] == plain["splits"][name]["sha256"]
     assert mixed["data_card"]["languages"] == plain["data_card"]["languages"]
     rows = SplitDir(tmp_path / "mixed").mix_rows()
-    assert len(rows) == round(0.5 * len(_bundled_rows())) == mixed["mix"]["rows"]
+    assert len(rows) == _trained_rows(0.5) == mixed["mix"]["rows"]
+    asked = Counter(r["intent"] for r in rows)
+    asking = GROUPS["missing_order_number"]
+    assert asked["missing_order_number"] == asking["weight"] * 0.5 * len(asking["queries"])
     assert {r["mix"] for r in rows} == {"behaviour"} and all(r["id"].startswith("mix-behaviour-") for r in rows)
     assert Counter(r["language"] for r in rows)["es"] > 0  # the handoff queries, detected like the split's
     (record,) = mixed["mix"]["sources"]
     assert record["weight"] == 0.5 and record["kept"] == len(_bundled_rows()) and record["trained_rows"] == len(rows)
     assert SplitDir(tmp_path / "plain").mix_rows() == []
     twice = small_split(tmp_path, tmp_path / "twice", mix=["behaviour:2"])
-    assert twice["mix"]["rows"] == 2 * len(_bundled_rows())
+    assert twice["mix"]["rows"] == _trained_rows(2)
+    weighted = tmp_path / "weighted.yaml"
+    weighted.write_text(
+        yaml.safe_dump(
+            {"scope": {"queries": ["Write me a sonnet", "Who won the derby?"], "replies": ["No."], "weight": 3}}
+        )
+    )
+    thrice = small_split(tmp_path, tmp_path / "thrice", mix=[str(weighted)])
+    assert thrice["mix"]["rows"] == 6 and thrice["mix"]["sources"][0]["kept"] == 2
 
 
 def test_a_mix_row_that_repeats_a_test_query_or_a_suite_case_is_skipped_with_its_reason(tmp_path):
@@ -111,6 +130,9 @@ def test_prepare_mix_refuses_a_source_with_no_usable_rows_a_missing_file_and_a_b
     bad_group = tmp_path / "bad.yaml"
     bad_group.write_text(yaml.safe_dump({"scope": {"queries": ["hi"], "answers": ["no"]}}))
     with pytest.raises(SupportBenchError, match="group 'scope' needs a list of queries and of replies"):
+        small_split(tmp_path, tmp_path / "c", mix=[str(bad_group)])
+    bad_group.write_text(yaml.safe_dump({"scope": {"queries": ["hi"], "replies": ["no"], "weight": "lots"}}))
+    with pytest.raises(SupportBenchError, match="group 'scope' has weight 'lots'; give a number above 0"):
         small_split(tmp_path, tmp_path / "c", mix=[str(bad_group)])
     for entry in ("behaviour:0", ":2", "behaviour:inf"):
         with pytest.raises(SupportBenchError, match="SOURCE\\[:WEIGHT\\] with a weight above 0"):
