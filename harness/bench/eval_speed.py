@@ -12,7 +12,7 @@ import torch
 from supportbench.bench.flops import matmul_limit
 from supportbench.bench.latency import prompts_for
 from supportbench.device import machine_info
-from supportbench.files import SupportBenchError, write_json
+from supportbench.files import SupportBenchError, read_json, write_json
 from supportbench.layout import RunDir
 
 
@@ -113,18 +113,25 @@ def eval_speedup(run_dir: Path, examples: int) -> dict[str, Any]:
         "speedup": loop_estimate / batched,
         "measured_examples_one_at_a_time": loop["examples"],
         "runtimes": None if exact_runtime.available() else runtime_arms(run, examples),
+        "flops": read_json(run.eval.metrics).get("flops"),  # the eval's own account, with the rate measured then
     }
     write_json(run.eval_speed, result)
     return result
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
-    """The batched and one-at-a-time seconds and their ratio."""
-    return [
-        f"batched eval generation: {result['batched_seconds']:.1f}s for {result['generation_examples']} examples x 2 "
-        f"models; one at a time: {result['one_at_a_time_seconds_for_n']:.1f}s (from "
-        f"{result['measured_examples_one_at_a_time']} measured); speedup {result['speedup']:.1f}x"
-    ] + runtime_lines(result["runtimes"])
+    """The batched and one-at-a-time seconds and their ratio, and the eval's FLOP shares of the matmul limit."""
+    from supportbench.evaluation.evaluator import flop_lines
+
+    return (
+        [
+            f"batched eval generation: {result['batched_seconds']:.1f}s for {result['generation_examples']} examples x 2 "
+            f"models; one at a time: {result['one_at_a_time_seconds_for_n']:.1f}s (from "
+            f"{result['measured_examples_one_at_a_time']} measured); speedup {result['speedup']:.1f}x"
+        ]
+        + runtime_lines(result["runtimes"])
+        + flop_lines(result.get("flops"))
+    )
 
 
 def runtime_lines(runtimes: dict[str, Any] | None) -> list[str]:

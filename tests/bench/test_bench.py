@@ -65,11 +65,15 @@ def test_eval_speed_measures_eval_on_both_runtimes_in_one_process(full_run, tmp_
     run = tmp_path / "run"
     shutil.copytree(full_run, run)
     assert main(["bench", "eval-speed", "--run", str(run), "--examples", "2"]) == 0
-    runtimes = read_json(run / "bench" / "eval_speed.json")["runtimes"]
+    speed = read_json(run / "bench" / "eval_speed.json")
+    runtimes = speed["runtimes"]
     assert set(runtimes["arms"]) == {"transformers", NAME}
     assert runtimes["arms"][NAME]["runtime"]["checks"]["greedy"]["exact"]  # the fast arm ran on CTranslate2
     assert runtimes["identical_replies"] == 2
     arms = runtimes["arms"]
     assert runtimes["generation_ratio"] == round(arms["transformers"]["generation_s"] / arms[NAME]["generation_s"], 2)
     assert runtimes["matmul"]["gflops"] > 0
-    assert "ratio: generation" in capsys.readouterr().out
+    eval_flops = read_json(run / "eval" / "metrics.json")["flops"]
+    assert speed["flops"] == eval_flops and 0 < speed["flops"]["finetuned"]["generation"]["share_of_matmul_limit"]
+    shown = capsys.readouterr().out
+    assert "ratio: generation" in shown and "finetuned generation: " in shown and "of the matmul limit" in shown
