@@ -1,0 +1,36 @@
+"""The FLOP account: batches formed as HFLM forms them, padding counted apart, shares of the matmul limit."""
+
+from __future__ import annotations
+
+import pytest
+
+from supportbench.bench.flops import FORWARD, generation_account, scoring_account, training_account, with_share
+
+PARAMETERS = 10
+
+
+def test_generation_pads_each_longest_first_batch_to_its_longest_prompt_and_reply():
+    # prompts sorted longest first: (5, 3) then (2); each batch decodes until its longest reply ends
+    account = generation_account([3, 5, 2], [4, 1, 6], batch_size=2, parameters=PARAMETERS)
+    assert account["tokens"] == {"prefill": 10, "decode": 11, "computed": 2 * 5 + 2 + 2 * 4 + 6}
+    assert account["prefill_flops"] == FORWARD * PARAMETERS * 10
+    assert account["decode_flops"] == FORWARD * PARAMETERS * 11
+    assert account["padding_flops"] == FORWARD * PARAMETERS * (26 - 21)
+    assert account["padding_share"] == round(1 - 21 / 26, 3)
+
+
+def test_scoring_counts_padding_apart_and_the_share_uses_only_needed_flops():
+    account = scoring_account([4, 2, 3], batch_size=2, parameters=PARAMETERS)
+    assert account["tokens"] == {"scored": 9, "computed": 2 * 4 + 2}
+    assert account["padding_flops"] == FORWARD * PARAMETERS
+    shared = with_share(account, seconds=2.0, flops_per_s=100.0)
+    assert shared["needed_flops"] == FORWARD * PARAMETERS * 9
+    assert shared["share_of_matmul_limit"] == pytest.approx(180 / 200)
+    assert shared["share_with_padding"] == pytest.approx(200 / 200)
+    assert with_share(account, seconds=0.0, flops_per_s=100.0)["share_of_matmul_limit"] is None
+
+
+def test_lora_training_counts_forward_and_activation_gradients():
+    account = training_account(tokens=50, seconds=4.0, parameters=PARAMETERS, flops_per_s=1000.0)
+    assert account["needed_flops"] == 2 * FORWARD * PARAMETERS * 50
+    assert account["share_of_matmul_limit"] == pytest.approx(2000 / 4000)
