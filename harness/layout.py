@@ -123,6 +123,7 @@ class EvalSummary(Record):
     timing_s: dict[str, StageSeconds]
     caps: EvalCaps
     leakage_check: LeakageCheck
+    flops: dict[str, Any] | None = None  # supportbench.bench.flops accounts; None in an eval from before them
 
     @property
     def generation_seconds(self) -> float:

@@ -12,7 +12,7 @@ import torch
 from supportbench.bench.flops import matmul_limit
 from supportbench.bench.latency import prompts_for
 from supportbench.device import machine_info
-from supportbench.files import SupportBenchError, read_json, write_json
+from supportbench.files import SupportBenchError, write_json
 from supportbench.layout import RunDir
 
 
@@ -113,7 +113,7 @@ def eval_speedup(run_dir: Path, examples: int) -> dict[str, Any]:
         "speedup": loop_estimate / batched,
         "measured_examples_one_at_a_time": loop["examples"],
         "runtimes": None if exact_runtime.available() else runtime_arms(run, examples),
-        "flops": read_json(run.eval.metrics).get("flops"),  # the eval's own account, with the rate measured then
+        "flops": evaluation.flops,  # the eval's own account, with the rate measured then
     }
     write_json(run.eval_speed, result)
     return result

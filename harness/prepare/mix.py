@@ -20,6 +20,11 @@ BUNDLED = {"behaviour": "behaviour_mix.yaml"}  # mix names that need no file: su
 GROUP_KEYS = {"intent", "category", "replies", "queries", "weight"}
 
 
+def _is_weight(value: Any) -> bool:
+    """A weight is a finite number above 0 (a YAML true is not one)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
+
+
 def parse_entry(entry: str) -> tuple[str, float]:
     """`SOURCE[:WEIGHT]` as (source, weight): a bundled name or a file, and how many times each of its rows is
     trained on (0.5: a seeded half of them; 2: each twice; 1 when not given)."""
@@ -28,7 +33,7 @@ def parse_entry(entry: str) -> tuple[str, float]:
         weight = float(weight_text)
     except ValueError:  # no weight, or a colon that is part of the source's name
         source, weight = entry, 1.0
-    if not source.strip() or not 0 < weight < math.inf:
+    if not source.strip() or not _is_weight(weight):
         raise SupportBenchError(f"--mix {entry!r}: give SOURCE[:WEIGHT] with a weight above 0, e.g. behaviour:0.5")
     return source.strip(), weight
 
@@ -46,7 +51,7 @@ def _group_rows(groups: Any, where: str) -> list[tuple[int, dict[str, Any]]]:
                 f"{where}: group {name!r} needs a list of queries and of replies (unknown keys: {sorted(unknown)})"
             )
         weight = group.get("weight", 1)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
+        if not _is_weight(weight):
             raise SupportBenchError(f"{where}: group {name!r} has weight {weight!r}; give a number above 0")
         replies = group["replies"]
         for k, query in enumerate(group["queries"]):
