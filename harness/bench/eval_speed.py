@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from supportbench.bench.flops import matmul_limit
+from supportbench.bench.flops import eval_lines, matmul_limit
 from supportbench.bench.latency import prompts_for
 from supportbench.device import machine_info
 from supportbench.files import SupportBenchError, write_json
@@ -121,8 +121,6 @@ def eval_speedup(run_dir: Path, examples: int) -> dict[str, Any]:
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """The batched and one-at-a-time seconds and their ratio, and the eval's FLOP shares of the matmul limit."""
-    from supportbench.evaluation.evaluator import flop_lines
-
     return (
         [
             f"batched eval generation: {result['batched_seconds']:.1f}s for {result['generation_examples']} examples x 2 "
@@ -130,7 +128,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"{result['measured_examples_one_at_a_time']} measured); speedup {result['speedup']:.1f}x"
         ]
         + runtime_lines(result["runtimes"])
-        + flop_lines(result.get("flops"))
+        + eval_lines(result.get("flops"))
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from supportbench.bench.flops import eval_lines
 from supportbench.checks.embedding import model_folder
 from supportbench.config import EvalConfig
 from supportbench.decoding import (
@@ -702,21 +703,7 @@ def table_lines(summary: dict[str, Any]) -> list[str]:
     if fills := summary.get("slot_fills", {}).get("finetuned"):
         lines.append("fine-tuned slots filled: " + ", ".join(f"{how} {n}" for how, n in sorted(fills.items())))
     scored = RunDir(Path(summary["run"])).evaluation(ood=summary["dataset"] == "twcs")
-    return lines + evidence_lines(scored.statistics())[:2] + flop_lines(summary.get("flops"))
-
-
-def flop_lines(shares: dict[str, Any] | None) -> list[str]:
-    """Each scored model's generation and perplexity against the matmul limit, with the rate measured."""
-    from supportbench.bench.flops import line
-
-    if not shares:
-        return []
-    rows = [
-        line(f"{side} {stage}", account)
-        for side in ("base", "finetuned")
-        for stage, account in (shares.get(side) or {}).items()
-    ]
-    return [f"FLOPs against the matmul limit ({shares['matmul']['gflops']} GFLOP/s measured now):", *rows]
+    return lines + evidence_lines(scored.statistics())[:2] + eval_lines(summary.get("flops"))
 
 
 def _shown(value: float | None) -> str:

@@ -34,3 +34,25 @@ def test_lora_training_counts_forward_and_activation_gradients():
     account = training_account(tokens=50, seconds=4.0, parameters=PARAMETERS, flops_per_s=1000.0)
     assert account["needed_flops"] == 2 * FORWARD * PARAMETERS * 50
     assert account["share_of_matmul_limit"] == pytest.approx(2000 / 4000)
+
+
+def test_the_matmul_rate_is_measured_again_once_its_reading_is_older_than_the_reuse_window(monkeypatch):
+    import torch.utils.benchmark
+
+    from supportbench.bench import flops
+
+    timings = []
+
+    class CountingTimer(torch.utils.benchmark.Timer):
+        def blocked_autorange(self, *args, **kwargs):
+            timings.append(kwargs)
+            return super().blocked_autorange(min_run_time=0.01)
+
+    monkeypatch.setattr(torch.utils.benchmark, "Timer", CountingTimer)
+    monkeypatch.setattr(flops, "_MEASURED", {})
+    first = flops.matmul_limit(size=32)
+    assert flops.matmul_limit(size=32) == first and len(timings) == 1  # reused within the window
+    taken, reading = flops._MEASURED[32]
+    flops._MEASURED[32] = (taken - flops.REUSE_S, reading)
+    assert flops.matmul_limit(size=32)["shape"] == [32, 32, 32] and len(timings) == 2  # stale: measured again
+    assert timings[0] == {"min_run_time": 3}
