@@ -1,4 +1,5 @@
-"""Fixtures only (helpers live in helpers.py): a tiny model, a trained tiny run, isolated caches."""
+"""Fixtures (helpers live in helpers.py): a tiny model, a trained tiny run, isolated caches; and how pytest-xdist
+spreads the tests over its workers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,15 @@ from pathlib import Path
 
 import pytest
 from helpers import build_tiny_model, fixture_rows, small_split, tiny_config, write_csv
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup`, keep each test file on one worker (its module fixtures are built once), and every
+    file that uses the evaluated `full_run` on the same worker (it takes about 20 s to build)."""
+    uses_full_run = {item.path for item in items if "full_run" in getattr(item, "fixturenames", ())}
+    for item in items:
+        group = "full_run" if item.path in uses_full_run else str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture

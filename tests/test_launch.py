@@ -41,6 +41,7 @@ def _failure(result: subprocess.CompletedProcess) -> str:
     return "\n".join([*errors[:20], "...", *lines[-40:]])
 
 
+@pytest.mark.e2e
 def test_accelerate_launch_trains_on_two_cpu_processes_with_the_same_steps(tiny_model_dir, tmp_path):
     config = {
         "model": str(tiny_model_dir),
@@ -111,6 +112,7 @@ def test_effective_batch_split_over_processes_and_the_reason_when_it_cannot_be_k
     assert accumulation == 1 and "not a multiple of 3 processes" in note and "it is 6 instead" in note
 
 
+@pytest.mark.e2e
 def test_eval_on_two_cpu_processes_scores_like_one(tiny_run, tmp_path):
     one, two = (trained_copy(tiny_run, tmp_path / name) for name in ("one", "two"))
     summary = evaluate_run(one, EvalConfig(limit=6, gen_batch_size=2, max_new_tokens=8, ppl_limit=8, ppl_batch_size=2))

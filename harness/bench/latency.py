@@ -179,7 +179,8 @@ def run_suite(run_dir: Path, quick: bool, profile: str | Path | None = None) -> 
     filled_with = profile_for_run(run.data, profile).record()  # refused before minutes of benchmarks
     run.bench_dir.mkdir(parents=True, exist_ok=True)
     env = {
-        **os.environ,
+        # not an xdist worker's identity (when called from one, as in the tests): pytest-benchmark would switch off
+        **{name: value for name, value in os.environ.items() if not name.startswith("PYTEST_XDIST_")},
         "SUPPORTBENCH_BENCH_RUN": str(run.path),
         "SUPPORTBENCH_BENCH_QUICK": "1" if quick else "0",
         "SUPPORTBENCH_BENCH_PROFILE": str(profile or ""),

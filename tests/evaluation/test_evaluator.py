@@ -26,6 +26,7 @@ from supportbench.tasks import include_path
 from supportbench.trainers.lora import train
 
 
+@pytest.mark.e2e
 def test_plain_lm_eval_cli_runs_both_tasks(tiny_run, tiny_model_dir, tmp_path):
     metadata = json.dumps({"data_dir": str(tiny_run / "data"), "template": "seed"})
     result = subprocess.run(

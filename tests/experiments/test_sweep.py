@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,16 +32,11 @@ def sweep_args(out: Path, model: Path, data: Path, *extra: str) -> list[str]:
 
 
 def tiny_sweep(tmp_path: Path, model: Path, *flags: str) -> Path:
-    """Run `supportbench sweep` on the tiny model and a small prepared split; return the sweep folder."""
+    """Run `supportbench sweep` (in this process) on the tiny model and a small prepared split; return its folder."""
+    from supportbench.cli import main
+
     small_split(tmp_path, tmp_path / "split")
-    command = [
-        sys.executable,
-        "-m",
-        "supportbench",
-        *sweep_args(tmp_path / "sweep", model, tmp_path / "split", *flags),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(sweep_args(tmp_path / "sweep", model, tmp_path / "split", *flags)) == 0
     return tmp_path / "sweep"
 
 

@@ -89,6 +89,7 @@ def test_comparison_table(full_run, tiny_run, tmp_path):
     assert paired == ["(the reference)", f"+0.0000 [+0.0000, +0.0000] on {n}", "—"]
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_report_renders_in_headless_chromium(full_run, tmp_path):
     flags = [

@@ -151,6 +151,7 @@ def test_load_of_8_then_16_concurrent_chat_completions(served):
     (SCREENSHOTS / "load_test.json").write_text(json.dumps(figures, indent=1))
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_browser_session_through_all_three_tabs(served):
     from playwright.sync_api import expect, sync_playwright
@@ -334,6 +335,7 @@ def test_a_client_that_leaves_a_stream_stops_its_generation(never_stopping_run):
     assert after < idle + 0.5 * full, f"after 3 left streams an 8-token reply took {after:.2f} s (idle {idle:.2f} s)"
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_the_reply_policy_answers_in_the_browser_and_names_its_reason_to_operators(served):
     """A Spanish query gets the Spanish handoff with the profile's phone number, a poem request the scope message,

@@ -101,6 +101,7 @@ def test_the_openai_api_streams_filled_replies(served):
     assert "".join(deltas) == FILLED and not any("{" in delta for delta in deltas)
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_the_app_streams_filled_replies_in_a_browser(served):
     from playwright.sync_api import expect, sync_playwright

@@ -40,6 +40,7 @@ def test_a_session_stores_the_pair_before_it_is_shown_and_refuses_votes_without_
         session.vote("forged", "ana", "A", [])
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_twenty_blind_votes_in_the_browser_reach_the_store_and_the_ratings(rating_run, capsys):
     from playwright.sync_api import expect, sync_playwright
