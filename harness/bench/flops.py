@@ -127,4 +127,7 @@ def eval_lines(shares: dict[str, Any] | None) -> list[str]:
         for side in ("base", "finetuned")
         for stage, account in (shares.get(side) or {}).items()
     ]
-    return [f"FLOPs against the matmul limit ({shares['matmul']['gflops']} GFLOP/s measured now):", *rows]
+    return [
+        f"FLOPs against the matmul limit ({shares['matmul']['gflops']} GFLOP/s, measured by this process in the last {REUSE_S // 60} minutes):",
+        *rows,
+    ]

@@ -561,7 +561,7 @@ def _evaluate_run(run_dir: Path, config: EvalConfig) -> dict[str, Any] | None:
         # which runtime generated and scored, with its exactness check (a cached entry keeps the one that scored it)
         "runtime": {"base": base.get("runtime"), "finetuned": tuned["runtime"]},
         "base_scores": {"from_cache": base_from_cache, "key": key},
-        # the model FLOPs each stage needed against this CPU's matmul rate, measured now (a cached base has none)
+        # the model FLOPs each stage needed against this CPU's matmul rate (bench.flops.matmul_limit; a cached base has none)
         "flops": flop_shares({"finetuned": tuned, **({} if base_from_cache else {"base": base})}),
         "lm_eval": {"version": importlib.metadata.version("lm_eval"), "config": base["lm_eval_config"]},
     }
