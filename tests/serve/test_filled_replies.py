@@ -111,6 +111,7 @@ def test_the_app_streams_filled_replies_in_a_browser(served):
         page = browser.new_page()
         page.goto(served)
         expect(page.get_by_text("ctranslate2-int8")).to_be_visible(timeout=60_000)  # the exported model serves
+        expect(page.locator("#chatbot")).to_be_attached(timeout=60_000)  # Gradio renders components one by one
         # every text the chat shows while the reply streams, recorded on each change of the page
         page.evaluate(
             """() => { window.seen = [];
