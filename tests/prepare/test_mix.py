@@ -21,6 +21,12 @@ from supportbench.serve.policy import out_of_scope_queries
 
 GROUPS = read_bundled_yaml("supportbench.prepare", BUNDLED["behaviour"])
 ESCALATION_WORDS = ("agent", "representative", "human", "person", "team", "supervisor", "manager")
+KINDS = ("out_of_scope", "missing_order_number", "escalation", "privacy", "handoff", "order_given")
+
+
+def _kind(group_name: str) -> str:
+    """The behaviour a bundled group teaches: its name's prefix (out_of_scope_medical: out_of_scope)."""
+    return next(kind for kind in KINDS if group_name.startswith(kind))
 
 
 def _bundled_rows() -> list[tuple[str, str, str]]:
@@ -42,10 +48,8 @@ def _trained_rows(source_weight: float) -> int:
 def test_the_bundled_set_is_large_varied_and_shares_no_query_with_the_suite_or_the_scope_set():
     rows = _bundled_rows()
     assert len(rows) >= 400
-    kinds = Counter(
-        name.rsplit("_", 1)[0] if name.startswith(("handoff", "order_given")) else name for name, _, _ in rows
-    )
-    assert set(kinds) == {"out_of_scope", "missing_order_number", "escalation", "privacy", "handoff", "order_given"}
+    kinds = Counter(_kind(name) for name, _, _ in rows)
+    assert set(kinds) == set(KINDS)
     assert min(kinds.values()) >= 80
     queries = [normalize_instruction(q) for _, q, _ in rows]
     assert len(set(queries)) == len(queries)
@@ -63,9 +67,9 @@ def test_every_bundled_reply_does_what_the_behaviour_checks_ask_and_names_only_t
         assert ("{{Order Number}}" in reply) == name.startswith("order_given") == ("{{Order Number}}" in query), reply
         if name.startswith("order_given"):
             assert not asks_for(reply, "order number"), reply
-        elif name in ("out_of_scope", "privacy"):
+        elif _kind(name) in ("out_of_scope", "privacy"):
             assert REFUSAL.search(reply), reply
-        elif name == "missing_order_number":
+        elif _kind(name) == "missing_order_number":
             assert asks_for(reply, "order number"), reply
         elif name == "escalation":
             assert any(w in reply.lower() for w in ESCALATION_WORDS), reply
@@ -83,8 +87,8 @@ def test_prepare_mix_keeps_the_splits_and_writes_weighted_training_only_rows(tmp
     rows = SplitDir(tmp_path / "mixed").mix_rows()
     assert len(rows) == _trained_rows(0.5) == mixed["mix"]["rows"]
     asked = Counter(r["intent"] for r in rows)
-    asking = GROUPS["missing_order_number"]
-    assert asked["missing_order_number"] == asking["weight"] * 0.5 * len(asking["queries"])
+    asking = [g for name, g in GROUPS.items() if _kind(name) == "missing_order_number"]
+    assert asked["missing_order_number"] == sum(g["weight"] * 0.5 * len(g["queries"]) for g in asking)
     assert {r["mix"] for r in rows} == {"behaviour"} and all(r["id"].startswith("mix-behaviour-") for r in rows)
     assert Counter(r["language"] for r in rows)["es"] > 0  # the handoff queries, detected like the split's
     (record,) = mixed["mix"]["sources"]
