@@ -63,15 +63,16 @@ def test_the_bundled_set_is_large_varied_and_shares_no_query_with_the_suite_or_t
 
 def test_every_bundled_reply_does_what_the_behaviour_checks_ask_and_names_only_the_query_s_fact():
     for name, query, reply in _bundled_rows():
+        kind = _kind(name)
         assert not any(ch.isdigit() for ch in reply), reply
-        assert ("{{Order Number}}" in reply) == name.startswith("order_given") == ("{{Order Number}}" in query), reply
-        if name.startswith("order_given"):
+        assert ("{{Order Number}}" in reply) == (kind == "order_given") == ("{{Order Number}}" in query), reply
+        if kind == "order_given":
             assert not asks_for(reply, "order number"), reply
-        elif _kind(name) in ("out_of_scope", "privacy"):
+        elif kind in ("out_of_scope", "privacy"):
             assert REFUSAL.search(reply), reply
-        elif _kind(name) == "missing_order_number":
+        elif kind == "missing_order_number":
             assert asks_for(reply, "order number"), reply
-        elif name == "escalation":
+        elif kind == "escalation":
             assert any(w in reply.lower() for w in ESCALATION_WORDS), reply
         else:
             language = name.removeprefix("handoff_")
