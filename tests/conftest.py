@@ -5,18 +5,31 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import build_tiny_model, fixture_rows, small_split, tiny_config, write_csv
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker hook, which appends the groups to the test ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `--dist loadgroup`, keep each test file on one worker (its module fixtures are built once), and every
     file that uses the evaluated `full_run` on the same worker (it takes about 20 s to build)."""
     uses_full_run = {item.path for item in items if "full_run" in getattr(item, "fixturenames", ())}
     for item in items:
-        group = "full_run" if item.path in uses_full_run else str(item.path)
+        group = "full_run" if item.path in uses_full_run else item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Stop when pytest-xdist did not take the groups (a worker appends each test's group to its id): each worker
+    would build every module fixture again, as it silently does with pytest 9.2 (pytest-xdist#1386)."""
+    ungrouped = [nodeid for nodeid in ids if "@" not in nodeid]
+    if node.config.getvalue("dist") == "loadgroup" and ungrouped:
+        raise pytest.UsageError(
+            f"pytest-xdist did not group {len(ungrouped)} tests, e.g. {ungrouped[0]}: --dist loadgroup does not work "
+            "with pytest 9.2 (pytest-xdist#1386); install pytest<9.2, as the test extra pins it"
+        )
 
 
 @pytest.fixture
