@@ -14,7 +14,8 @@ project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml")
 requirements = project["dependencies"] + [r for extra in sys.argv[2:] for r in project["optional-dependencies"][extra]]
 floors = []
 for requirement in requirements:
-    name, floor = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?>=([^,;]+)(?:,<[^,;]+)?", requirement.replace(" ", "")).groups()
+    pattern = r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?>=([^,;]+)(?:,<[^,;]+)?"  # name[extras]>=floor, maybe ,<cap
+    name, floor = re.fullmatch(pattern, requirement.replace(" ", "")).groups()
     if name != "torch":
         floors.append(f"{name}=={floor}")
 Path(sys.argv[1]).write_text("\n".join(floors) + "\n")

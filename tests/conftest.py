@@ -21,6 +21,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.xdist_group(group))
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: pytest without xdist knows no such hook
 def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
     """Stop when pytest-xdist did not take the groups (a worker appends each test's group to its id): each worker
     would build every module fixture again, as it silently does with pytest 9.2 (pytest-xdist#1386)."""
