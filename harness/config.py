@@ -273,7 +273,9 @@ class EvalConfig:
     limit: int | None = option(GENERATION_EXAMPLES, "generated examples (greedy), a prefix of the shuffled split")
     ppl_limit: int | None = option(None, "perplexity examples (none: the whole split)")
     gen_batch_size: int = option(
-        32, "generation batch, left-padded; decoding is memory-bound, wide batches cost little"
+        64,
+        "generation batch, left-padded; decoding is memory-bound and a row leaves the batch as its reply ends, so "
+        "wide batches cost little",
     )
     ppl_batch_size: int = option(8, "perplexity batch; scoring holds batch x length x vocabulary logits")
     max_new_tokens: int | None = option(

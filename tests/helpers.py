@@ -158,22 +158,28 @@ def build_tiny_model(
     return folder
 
 
-def build_replying_model(folder: Path, queries: list[str], reply: str, max_steps: int = 600) -> Path:
-    """A tiny model trained (until its loss is near zero) to answer each query (seed template) with `reply` and an end
-    of turn, with a byte-level tokenizer that decodes text exactly (`{{Slot}}` included); return folder."""
-    import torch
+def byte_level_tokenizer(corpus: list[str], vocab_size: int = 400) -> Any:
+    """A byte-level BPE tokenizer trained on corpus, with the tiny models' special tokens: it decodes text exactly."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from supportbench.templates import Turn, get_template
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     core.train_from_iterator(
-        [*queries, reply], trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL, initial_alphabet=alphabet)
+        corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=alphabet)
     )
-    tokenizer = _fast_tokenizer(core)
+    return _fast_tokenizer(core)
+
+
+def build_replying_model(folder: Path, queries: list[str], reply: str, max_steps: int = 600) -> Path:
+    """A tiny model trained (until its loss is near zero) to answer each query (seed template) with `reply` and an end
+    of turn, with a byte-level tokenizer that decodes text exactly (`{{Slot}}` included); return folder."""
+    import torch
+
+    from supportbench.templates import Turn, get_template
+
+    tokenizer = byte_level_tokenizer([*queries, reply])
     model = _tiny_llama(tokenizer, seed=0)
     template = get_template("seed")
     answer = tokenizer(template.completion(reply) + tokenizer.eos_token)["input_ids"]

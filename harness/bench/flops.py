@@ -2,8 +2,9 @@
 this CPU's measured fp32 matmul rate could do in the stage's wall time. A forward pass costs 2 x parameters per token
 (the matmuls; attention scores and the softmax are left out, a few percent at these lengths); a LoRA training step adds
 the backward pass through the frozen weights, 2 x parameters more (activation gradients only). Batches are formed as
-lm-eval's HFLM forms them: requests sorted longest first, then cut into batches, each padded to its longest row; a
-generation batch decodes until its longest reply ends, so a finished row's steps are padding too."""
+lm-eval's HFLM forms them: requests sorted longest first, then cut into batches, each padded to its longest prompt. A
+batch that `generate` decodes steps until its longest reply ends, so a finished row's steps are padding too; where a
+row leaves the batch as it ends (supportbench.evaluation.shrinking_batch), decoding computes no padding."""
 
 from __future__ import annotations
 
@@ -52,15 +53,17 @@ def share(flops: float, seconds: float, flops_per_s: float) -> float | None:
 
 
 def generation_account(
-    prompt_tokens: Sequence[int], reply_tokens: Sequence[int], batch_size: int, parameters: int
+    prompt_tokens: Sequence[int], reply_tokens: Sequence[int], batch_size: int, parameters: int, shrinking: bool
 ) -> dict[str, Any]:
-    """The FLOPs of generating these replies in batches: prefill and decode that the replies need, and the padding."""
+    """The FLOPs of generating these replies in batches: prefill and decode that the replies need, and the padding
+    (in decoding too unless shrinking: rows left the batch as they ended)."""
     prefill = sum(prompt_tokens)
     decode = sum(reply_tokens)
     padded_prefill = padded_decode = 0
     for batch in _batches(prompt_tokens, batch_size):
         padded_prefill += len(batch) * max(prompt_tokens[i] for i in batch)
-        padded_decode += len(batch) * max(reply_tokens[i] for i in batch)
+        replies = [reply_tokens[i] for i in batch]
+        padded_decode += sum(replies) if shrinking else len(batch) * max(replies)
     computed = padded_prefill + padded_decode
     return {
         "tokens": {"prefill": prefill, "decode": decode, "computed": computed},
@@ -68,6 +71,7 @@ def generation_account(
         "decode_flops": FORWARD * parameters * decode,
         "padding_flops": FORWARD * parameters * (computed - prefill - decode),
         "padding_share": round(1 - (prefill + decode) / computed, 3) if computed else 0.0,
+        "shrinking": shrinking,
     }
 
 

@@ -137,7 +137,7 @@ def load_lm(model_path: str, adapter: str | None, config: EvalConfig) -> Any:
         from lm_eval.api.registry import get_model
 
         return get_model("vllm")(**vllm_model_args(model_path, adapter, config))
-    from lm_eval.models.huggingface import HFLM
+    from supportbench.evaluation.shrinking_batch import ShrinkingBatchHFLM
 
     device = pick_device()
     args = {"pretrained": model_path, "peft": adapter, "device": device.device, "dtype": device.dtype_name}
@@ -153,7 +153,7 @@ def load_lm(model_path: str, adapter: str | None, config: EvalConfig) -> Any:
             return exact_runtime.ExactRuntimeLM(folder, batch_size=config.gen_batch_size, **args)
         if processes.is_main_process:
             print(f"eval runs on transformers: {why_not}")
-    lm = HFLM(batch_size=config.gen_batch_size, **args)
+    lm = ShrinkingBatchHFLM(batch_size=config.gen_batch_size, **args)
     if processes.num_processes > 1 and lm.world_size == 1:
         # lm-eval splits the requests over launched processes only when they hold GPUs; CPU processes split the same way
         lm._rank, lm._world_size = processes.process_index, processes.num_processes
@@ -228,6 +228,8 @@ def stage_accounts(
     if model is None or not hasattr(model, "num_parameters"):
         return None
     parameters = model.num_parameters()
+    # rows leave the batch as they end where transformers generated (supportbench.evaluation.shrinking_batch)
+    shrinking = runtime_record(lm, config)["generation"] == "transformers"
     replies = lm.tokenizer([_raw(s) for s in generated], add_special_tokens=False)["input_ids"]
     # the generated tokens: the reply and the end of its turn, at most the cap
     reply_tokens = [min(len(ids) + 1, config.max_new_tokens) for ids in replies]
@@ -237,7 +239,7 @@ def stage_accounts(
     sequences += [s["doc"]["prompt_tokens"] + 1 for s in scored]
     return {
         "parameters": parameters,
-        "generation": flops.generation_account(prompts, reply_tokens, config.gen_batch_size, parameters),
+        "generation": flops.generation_account(prompts, reply_tokens, config.gen_batch_size, parameters, shrinking),
         "perplexity": flops.scoring_account(sequences, config.ppl_batch_size, parameters),
     }
 
@@ -274,7 +276,9 @@ def perplexity_scores(
     from lm_eval import simple_evaluate
 
     if config.backend != "vllm":
-        lm.batch_size_per_gpu = config.ppl_batch_size  # HFLM has one batch size; scoring wants a narrower one
+        lm.batch_size_per_gpu = (
+            config.ppl_batch_size
+        )  # lm-eval's HFLM has one batch size; scoring wants a narrower one
     return simple_evaluate(tasks=[PPL_TASK], limit=limit, **evaluate_kwargs(lm, tokenizer_path, metadata, config))
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lm_eval.models.huggingface import HFLM
 
 from supportbench.decoding import CONTROLS
 from supportbench.deploy import runtime
+from supportbench.evaluation.shrinking_batch import ShrinkingBatchHFLM
 from supportbench.files import sha256_file, staged_dir
 from supportbench.models import cache_root
 
@@ -70,7 +70,7 @@ def decoding_key(controls: dict[str, Any]) -> str:
     return ",".join(f"{k}={controls[k]}" for k in CONTROLS if k in controls) or "greedy"
 
 
-class ExactRuntimeLM(HFLM):
+class ExactRuntimeLM(ShrinkingBatchHFLM):
     """lm-eval's transformers model whose plain greedy generation and log-likelihoods run on CTranslate2 float32 once
     a check finds them exact.
 

@@ -11,12 +11,19 @@ PARAMETERS = 10
 
 def test_generation_pads_each_longest_first_batch_to_its_longest_prompt_and_reply():
     # prompts sorted longest first: (5, 3) then (2); each batch decodes until its longest reply ends
-    account = generation_account([3, 5, 2], [4, 1, 6], batch_size=2, parameters=PARAMETERS)
+    account = generation_account([3, 5, 2], [4, 1, 6], batch_size=2, parameters=PARAMETERS, shrinking=False)
     assert account["tokens"] == {"prefill": 10, "decode": 11, "computed": 2 * 5 + 2 + 2 * 4 + 6}
     assert account["prefill_flops"] == FORWARD * PARAMETERS * 10
     assert account["decode_flops"] == FORWARD * PARAMETERS * 11
     assert account["padding_flops"] == FORWARD * PARAMETERS * (26 - 21)
     assert account["padding_share"] == round(1 - 21 / 26, 3)
+
+
+def test_a_shrinking_batch_pads_only_its_prompts():
+    # rows leave the batch as their replies end: decoding computes each reply's own tokens
+    account = generation_account([3, 5, 2], [4, 1, 6], batch_size=2, parameters=PARAMETERS, shrinking=True)
+    assert account["tokens"] == {"prefill": 10, "decode": 11, "computed": 2 * 5 + 2 + 11}
+    assert account["padding_flops"] == FORWARD * PARAMETERS * 2
 
 
 def test_scoring_counts_padding_apart_and_the_share_uses_only_needed_flops():
