@@ -276,9 +276,7 @@ def perplexity_scores(
     from lm_eval import simple_evaluate
 
     if config.backend != "vllm":
-        lm.batch_size_per_gpu = (
-            config.ppl_batch_size
-        )  # lm-eval's HFLM has one batch size; scoring wants a narrower one
+        lm.batch_size_per_gpu = config.ppl_batch_size  # HFLM has one batch size; scoring wants a narrower one
     return simple_evaluate(tasks=[PPL_TASK], limit=limit, **evaluate_kwargs(lm, tokenizer_path, metadata, config))
 
 
