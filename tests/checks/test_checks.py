@@ -10,6 +10,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import BITEXT, fixture_rows
 
@@ -20,6 +21,7 @@ from supportbench.checks.embedding import (
     WEIGHTS_SHA256,
     bundled_folder,
     check_weights,
+    encoder,
     similarity,
 )
 from supportbench.checks.invariance import PERTURBATIONS, perturb, tag_letters
@@ -43,6 +45,16 @@ def test_the_bundled_embedding_model_is_the_published_checkpoint_and_reads_meani
     unrelated = similarity("I can help you cancel your order.", "Your new password must have eight characters.")
     assert paraphrase > 0.6 > unrelated
     assert similarity("Thank you for waiting.", "Thank you for waiting.") == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_list_embeds_each_text_as_alone_in_its_order():
+    texts = ["where is my order", "I want a refund for order 12345 please", "", "hi", "x" * 3000, "where is my refund"]
+    together = encoder(DEFAULT_EMBEDDING_MODEL).embed(texts)
+    alone = np.stack([encoder(DEFAULT_EMBEDDING_MODEL).embed([text])[0] for text in texts])
+    # texts of one length share a forward pass: up to float32 rounding of the wider matmul, each row is its own text's
+    assert together.shape == (len(texts), 384) and np.allclose(together, alone, rtol=0, atol=1e-6)
+    assert np.allclose(np.linalg.norm(together, axis=1), 1.0) and not np.allclose(together[0], together[5], atol=0.01)
+    assert encoder(DEFAULT_EMBEDDING_MODEL).embed([]).shape == (0, 384)
 
 
 def test_other_weights_under_the_default_name_are_refused(tmp_path):
