@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import importlib.util
 import math
@@ -206,7 +207,7 @@ def score_model(
         "timing_s": {
             "load": round(load_s, 2),
             "generation": gen["seconds"],
-            "perplexity": round(t2 - t1, 1),
+            "perplexity": round(t2 - t1, 3),
         },
         "runtime": runtime_record(lm, config),
         "samples": [_example(s) for s in generated],  # in the split's order, however many processes scored them
@@ -263,7 +264,7 @@ def generation_scores(
     return {
         "metrics": {m: _metric(gen["results"][GEN_TASK], m) for m in task_metrics(GEN_TASK)},
         "samples": sorted(gen["samples"][GEN_TASK], key=lambda s: s["doc_id"]),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - started, 3),
         "lm_eval_config": gen["config"],
     }
 
@@ -295,9 +296,20 @@ def with_decoding(config: EvalConfig, decoding: Decoding) -> EvalConfig:
     return dataclasses.replace(config, **asdict(decoding))
 
 
+def report_environment_once() -> None:
+    """Collect torch's environment report, which lm-eval's simple_evaluate adds to every result, once per process: it
+    runs `pip list` and ten other commands (0.25 s, measured) on each of an eval's eight calls, and cannot change."""
+    from torch.utils import collect_env
+
+    if not hasattr(collect_env.get_pretty_env_info, "cache_info"):
+        collect_env.get_pretty_env_info = functools.cache(collect_env.get_pretty_env_info)
+
+
 def evaluate_kwargs(lm: Any, tokenizer_path: str, metadata: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
     """simple_evaluate's arguments shared by every model scored: our tasks, seeds, samples kept, the decoding."""
     from lm_eval.tasks import TaskManager
+
+    report_environment_once()
 
     task_metadata = {**metadata, "tokenizer": tokenizer_path, "max_new_tokens": config.max_new_tokens}
     manager = TaskManager(include_path=str(include_path()), include_defaults=False, metadata=task_metadata)
