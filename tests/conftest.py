@@ -66,13 +66,17 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    """A finished 4-step LoRA run of the tiny model on a small prepared split."""
+    """A finished 4-step LoRA run of the tiny model on a small prepared split, its reply policy's scope calibrated
+    (as eval and the app would on first use), so the copies that tests make of it inherit both."""
+    from supportbench.layout import RunDir
+    from supportbench.serve.policy import ScopeModel
     from supportbench.trainers.lora import train
 
     root = tmp_path_factory.mktemp("tinyrun")
     run = root / "run"
     small_split(root, run / "data")
     train(tiny_config(tiny_model_dir, save_steps=4), run)
+    ScopeModel.for_run(RunDir(run))
     return run
 
 
