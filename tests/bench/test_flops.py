@@ -63,3 +63,25 @@ def test_the_matmul_rate_is_measured_again_once_its_reading_is_older_than_the_re
     flops._MEASURED[32] = (taken - flops.REUSE_S, reading)
     assert flops.matmul_limit(size=32)["shape"] == [32, 32, 32] and len(timings) == 2  # stale: measured again
     assert timings[0] == {"min_run_time": 3}
+
+
+def test_under_launched_processes_the_matmul_rate_is_measured_on_all_their_threads(monkeypatch):
+    import torch.utils.benchmark
+
+    from supportbench.bench import flops
+
+    threads = []
+
+    class ThreadsTimer(torch.utils.benchmark.Timer):
+        def __init__(self, *args, **kwargs):
+            threads.append(kwargs["num_threads"])
+            super().__init__(*args, **kwargs)
+
+        def blocked_autorange(self, *args, **kwargs):
+            return super().blocked_autorange(min_run_time=0.01)
+
+    monkeypatch.setattr(torch.utils.benchmark, "Timer", ThreadsTimer)
+    for processes in (1, 2):
+        monkeypatch.setenv("WORLD_SIZE", str(processes))
+        monkeypatch.setattr(flops, "_MEASURED", {})
+        assert flops.matmul_limit(size=32)["threads"] == threads[-1] == processes * torch.get_num_threads()
