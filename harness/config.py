@@ -24,6 +24,7 @@ FACT_MODES = ("fill", "slots")
 SPLIT_MODES = ("heldout", "sample", "notebook")  # notebook: the old name of sample, kept for one release
 TRAIN_METHODS = ("sft", "dpo")
 GENERATION_EXAMPLES = 50  # the reference recipe's eval size; eval and rank share it
+MIN_VALIDATION = 2  # validation replies are scored with a bootstrap interval, which needs two
 OPTIONAL_COLUMNS = ("category", "intent", "flags", "tags")  # labels an example may carry, whatever its format
 MAPPABLE_COLUMNS = (
     *("instruction", "response", *OPTIONAL_COLUMNS),  # one exchange per row
@@ -289,7 +290,8 @@ class EvalConfig:
     )
     validation_limit: int = option(
         24,
-        "validation replies of the budget check (and per candidate decoding), when the run has no frozen decoding yet",
+        "validation replies of the budget check (and per candidate decoding), when the run has no frozen decoding yet; "
+        "at least 2",
     )
     choose_decoding: bool = option(
         False,
@@ -332,7 +334,7 @@ class EvalConfig:
                 "max_new_tokens": self.max_new_tokens is None or self.max_new_tokens > 0,
                 "repetition_penalty": self.repetition_penalty is None or self.repetition_penalty > 0,
                 "no_repeat_ngram_size": self.no_repeat_ngram_size is None or self.no_repeat_ngram_size >= 0,
-                "validation_limit": self.validation_limit > 0,
+                "validation_limit": self.validation_limit >= MIN_VALIDATION,
                 "backend": self.backend in ("hf", "ct2", "vllm"),
                 "tensor_parallel_size": self.tensor_parallel_size == 1 or vllm and self.tensor_parallel_size > 1,
                 "data_parallel_size": self.data_parallel_size == 1 or vllm and self.data_parallel_size > 1,
@@ -448,7 +450,7 @@ class SweepConfig:
     min_examples: int = option(120, "fewest training examples a trial may sample")
     max_examples: int = option(1200, "most training examples a trial may sample")
     max_epochs: int = option(2, "most epochs a trial may sample")
-    validation_limit: int = option(32, "validation examples each trial generates and scores")
+    validation_limit: int = option(32, "validation examples each trial generates and scores (at least 2)")
     seed: int = option(42, "sampler seed")
     data: str | None = option(
         None,
@@ -468,7 +470,7 @@ class SweepConfig:
                 "min_examples": self.min_examples > 0,
                 "max_examples": self.max_examples >= self.min_examples,
                 "max_epochs": self.max_epochs >= 1,
-                "validation_limit": self.validation_limit > 0,
+                "validation_limit": self.validation_limit >= MIN_VALIDATION,
             },
             "sweep config",
         )

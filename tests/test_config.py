@@ -6,7 +6,7 @@ import pytest
 
 from supportbench import models
 from supportbench.cli import main
-from supportbench.config import DataConfig, TrainConfig, load_train_config
+from supportbench.config import DataConfig, EvalConfig, SweepConfig, TrainConfig, load_train_config
 from supportbench.files import SupportBenchError
 
 
@@ -55,6 +55,14 @@ def test_non_finite_numbers_are_refused_from_files(tmp_path):
 def test_empty_splits_are_refused(field):
     with pytest.raises(SupportBenchError, match=f"{field}=0"):
         DataConfig(**{field: 0}).validate()
+
+
+def test_fewer_than_two_validation_replies_are_refused_before_any_work():
+    # one reply has no bootstrap interval: scipy would fail after the model had generated
+    for config in (EvalConfig(validation_limit=1), SweepConfig(validation_limit=1)):
+        with pytest.raises(SupportBenchError, match="validation_limit=1"):
+            config.validate()
+    EvalConfig(validation_limit=2).validate()
 
 
 def test_a_config_file_that_is_not_utf8_is_named(tmp_path):

@@ -235,7 +235,7 @@ def test_eval_chooses_decoding_on_validation_freezes_it_and_reports_replies_at_t
         assert 0.0 <= first["metrics"][side]["at_cap"] <= 1.0
     assert first["metrics"]["base"]["at_cap"] > 0  # a random tiny model never stops within 6 tokens
     assert (first["greedy_reference"] is None) == chosen.is_plain_greedy
-    second = evaluate_run(run.path, dataclasses.replace(config, validation_limit=1))
+    second = evaluate_run(run.path, dataclasses.replace(config, validation_limit=2))
     assert second["decoding"]["source"].startswith("frozen") and read_json(run.decoding) == frozen
     assert second["metrics"] == first["metrics"]
 
