@@ -81,7 +81,7 @@ class SentenceEncoder:
         self.model = AutoModel.from_pretrained(folder).eval()
 
     def embed(self, texts: list[str]) -> Any:
-        """Unit-length embeddings of texts, one row each (numpy); no text is padded, so none depends on the others'."""
+        """Unit-length embeddings of texts, one row each (numpy); no text is padded to another's length."""
         import numpy as np
         import torch
 
